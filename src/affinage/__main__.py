@@ -1,0 +1,3 @@
+from affinage.cli import main
+
+main()
