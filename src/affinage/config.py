@@ -125,6 +125,8 @@ class RunConfig:
 class SFTConfig:
     """Supervised fine-tuning: ``affinage sft CONFIG.yaml``."""
 
+    stage: Literal["sft"] = "sft"
+    """Which verb this config is for; guards against running a config with the wrong command."""
     model: ModelConfig = field(default_factory=ModelConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -170,6 +172,17 @@ class SFTConfig:
         _check(r.log_every >= 1, "run.log_every", "must be at least 1")
         _check(r.eval_every is None or r.eval_every >= 1, "run.eval_every", "must be at least 1 or null")
         _check(r.save_every is None or r.save_every >= 1, "run.save_every", "must be at least 1 or null")
+
+
+STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+
+
+def config_class_for(path: str | Path) -> type:
+    """The config class a YAML file is written for, from its ``stage`` key (default ``sft``)."""
+    stage = read_yaml(path).get("stage", "sft")
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"{path}: 'stage' must be one of {', '.join(STAGE_CONFIGS)}; got {stage!r}")
+    return STAGE_CONFIGS[stage]
 
 
 def _check(condition: Any, key: str, message: str) -> None:
