@@ -37,6 +37,8 @@ from affinage.utils.fs import atomic_write_text
 
 def train(cfg: SFTConfig) -> Path:
     """Run supervised fine-tuning as ``cfg`` describes; return the ``final/`` model directory."""
+    from transformers.utils import logging as hf_logging
+
     from affinage.data.collate import collate_packed, collate_padded
     from affinage.data.sft import load_sft_data
     from affinage.models.adapters import apply_adapter, count_parameters, save_final
@@ -56,13 +58,19 @@ def train(cfg: SFTConfig) -> Path:
         revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
     )
+    hf_logging.disable_progress_bar()  # our own bars and tables say what is happening
     data = load_sft_data(cfg.data, tokenizer)
     if main:
         data.print_report(console)
     dtype = resolve_dtype(cfg.model.dtype, accelerator.device)
+    # Full and layer-freezing fine-tuning keep fp32 master weights and compute in bf16 under
+    # autocast: bf16 weights would round away most small AdamW updates. Adapters train in fp32
+    # (peft upcasts them) on top of frozen weights stored in the compute dtype.
+    weights_dtype = torch.float32 if cfg.adapter.method in ("full", "freeze") else dtype
+    autocast = partial(torch.autocast, accelerator.device.type, dtype=dtype, enabled=dtype != weights_dtype)
     model = load_model(
         cfg.model.name,
-        dtype=dtype,
+        dtype=weights_dtype,
         revision=cfg.model.revision,
         trust_remote_code=cfg.model.trust_remote_code,
         attn_implementation=cfg.model.attn_implementation,
@@ -111,7 +119,7 @@ def train(cfg: SFTConfig) -> Path:
     # ---------------------------------------------------------------- loop
     t0 = time.perf_counter()
     window_tokens, window_start = 0, time.perf_counter()
-    step = start_step
+    done = start_step  # optimizer steps completed
     model.train()
     try:
         with progress_bar("train", total_steps, enabled=show, completed=start_step) as bar:
@@ -125,7 +133,7 @@ def train(cfg: SFTConfig) -> Path:
                     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                     # Synchronise gradients across processes only on the last micro-batch.
                     sync = m == len(micro_batches) - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(model), autocast():
                         micro_sum, _ = causal_lm_loss_sum(model, batch, position_offset)
                         accelerator.backward(micro_sum * world / global_trained)
                     loss_sum += micro_sum.detach()
@@ -135,9 +143,9 @@ def train(cfg: SFTConfig) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                done = step + 1
 
                 window_tokens += sum(len(data.train[i].input_ids) for i in global_batch)
-                done = step + 1
                 if done % cfg.run.log_every == 0 or done == total_steps:
                     loss = (accelerator.reduce(loss_sum, reduction="sum") / global_trained).item()
                     now = time.perf_counter()
@@ -152,17 +160,16 @@ def train(cfg: SFTConfig) -> Path:
                     logger.log(row)
                     bar.update(completed=done, loss=loss, lr=lr, tok_s=round(tokens_per_s, 1))
                 if data.validation and cfg.run.eval_every and done % cfg.run.eval_every == 0 and done < total_steps:
-                    _log_eval(model, data.validation, collate, accelerator, cfg, logger, done, plan, position_offset)
+                    with autocast():
+                        _log_eval(model, data.validation, collate, accelerator, cfg, logger, done, plan, position_offset)
                 if cfg.run.save_every and done % cfg.run.save_every == 0 and done < total_steps:
                     checkpoint(done)
     except KeyboardInterrupt:
-        # ``step`` is the step that was interrupted; the ones before it are complete.
-        completed = step if step < total_steps else total_steps
-        if completed > start_step:
-            checkpoint(completed)
+        if done > start_step:
+            checkpoint(done)
             if main:
                 console.print(
-                    f"[yellow]interrupted: checkpoint saved at step {completed} in {checkpoints}; "
+                    f"[yellow]interrupted: checkpoint saved at step {done} in {checkpoints}; "
                     "continue with run.resume=true[/]"
                 )
         logger.close()
@@ -170,7 +177,8 @@ def train(cfg: SFTConfig) -> Path:
 
     # ---------------------------------------------------------------- save
     if data.validation:
-        _log_eval(model, data.validation, collate, accelerator, cfg, logger, total_steps, plan, position_offset)
+        with autocast():
+            _log_eval(model, data.validation, collate, accelerator, cfg, logger, total_steps, plan, position_offset)
     if start_step < total_steps:
         checkpoint(total_steps)
     final_dir = out / "final"
