@@ -174,15 +174,29 @@ class SFTConfig:
         _check(r.save_every is None or r.save_every >= 1, "run.save_every", "must be at least 1 or null")
 
 
-STAGE_CONFIGS: dict[str, type] = {"sft": SFTConfig}
+# stage name -> "module:ClassName" of its config dataclass (imported lazily: stages live in their
+# own modules and reuse the sections above).
+STAGE_CONFIGS: dict[str, str] = {
+    "sft": "affinage.config:SFTConfig",
+}
+
+
+def stage_config_class(stage: str) -> type:
+    import importlib
+
+    if stage not in STAGE_CONFIGS:
+        raise ConfigError(f"'stage' must be one of {', '.join(STAGE_CONFIGS)}; got {stage!r}")
+    module, _, name = STAGE_CONFIGS[stage].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def config_class_for(path: str | Path) -> type:
     """The config class a YAML file is written for, from its ``stage`` key (default ``sft``)."""
     stage = read_yaml(path).get("stage", "sft")
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"{path}: 'stage' must be one of {', '.join(STAGE_CONFIGS)}; got {stage!r}")
-    return STAGE_CONFIGS[stage]
+    try:
+        return stage_config_class(stage)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def _check(condition: Any, key: str, message: str) -> None:
