@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -38,9 +39,13 @@ class ModelConfig:
     chat_template: str | None = None
     """A named template (``chatml``, ``llama3``, ``mistral``...) or a Jinja string, for base models."""
     revision: str | None = None
+    """Hub revision (branch, tag or commit) when ``name`` is a hub id."""
     trust_remote_code: bool = False
+    """Run modelling code shipped with a hub model. Off by default: it executes downloaded code."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    """Attention kernel; ``sdpa`` works everywhere, ``flash_attention_2`` needs the package and a GPU."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more compute."""
 
 
 @dataclass
@@ -48,9 +53,13 @@ class AdapterConfig:
     """What is trained: all weights, a peft adapter, soft prompts, or chosen layers."""
 
     method: AdapterMethod = "lora"
+    """``full`` (all weights), ``lora``, ``dora``, ``prompt_tuning`` or ``freeze`` (chosen layers only)."""
     r: int = 16
+    """LoRA/DoRA rank."""
     alpha: int = 32
+    """LoRA/DoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.0
+    """Dropout on the LoRA/DoRA input."""
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     """Module names for LoRA/DoRA; ``all-linear`` targets every linear layer except the output head."""
     num_virtual_tokens: int = 20
@@ -70,10 +79,13 @@ class DataConfig:
     train: list[str] = field(default_factory=list)
     """Files (JSONL, JSON, CSV, Parquet) or saved Hugging Face dataset directories."""
     validation: list[str] = field(default_factory=list)
+    """Held-out files for evaluation loss and perplexity."""
     validation_fraction: float = 0.0
     """When no validation files are given, hold out this fraction of train (by a stable hash)."""
     format: DataFormat = "auto"
+    """Row format: ``messages``, ``sharegpt``, ``alpaca``, ``prompt_completion``, ``text``, or detected."""
     max_length: int = 1024
+    """Longest example in tokens; longer ones are truncated (and dropped if nothing trainable is left)."""
     train_on_prompt: bool = False
     """Also train on system and user tokens (assistant-only loss masking off)."""
     packing: Literal["auto", "on", "off"] = "auto"
@@ -81,6 +93,7 @@ class DataConfig:
     system_prompt: str | None = None
     """Added as the first message of conversations that have none."""
     max_examples: int | None = None
+    """Use at most this many examples of each split (for quick trials)."""
 
 
 @dataclass
@@ -88,21 +101,33 @@ class TrainConfig:
     """Optimisation: AdamW, the learning-rate schedule, batching and accumulation."""
 
     lr: float = 2e-4
+    """Peak learning rate."""
     weight_decay: float = 0.0
+    """AdamW weight decay, applied to matrices only (not biases or norms)."""
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW beta1 and beta2."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     scheduler: Scheduler = "cosine"
+    """Decay after warmup: ``cosine``, ``linear`` or ``constant``."""
     warmup_steps: int = 0
+    """Linear warmup length in optimizer steps (wins over ``warmup_ratio`` when set)."""
     warmup_ratio: float = 0.0
+    """Linear warmup length as a fraction of all steps."""
     min_lr_ratio: float = 0.0
+    """Learning rate at the end of the decay, as a fraction of the peak."""
     epochs: float = 1.0
+    """Passes over the training set (fractions allowed)."""
     max_steps: int | None = None
     """Stop after this many optimizer steps (overrides ``epochs``)."""
     batch_size: int = 4
     """Examples per micro-batch on each process."""
     grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step; the loss is normalised by the global token count."""
     max_grad_norm: float | None = 1.0
+    """Clip the gradient norm to this value (null: no clipping; the norm is logged either way)."""
     seed: int = 42
+    """Seed of the data order and of every random number generator."""
 
 
 @dataclass
@@ -110,15 +135,21 @@ class RunConfig:
     """The run directory, logging, checkpointing and resuming."""
 
     output_dir: str = "runs/sft"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/, final/."""
     log_every: int = 1
+    """Write a metrics row every N optimizer steps."""
     eval_every: int | None = None
     """Evaluate on the validation split every N steps (and always at the end)."""
     save_every: int | None = None
     """Write a checkpoint every N steps (and always at the end of training)."""
     keep_last: int = 2
+    """How many checkpoints to keep (the oldest are deleted)."""
     resume: bool = False
+    """Continue from the latest checkpoint in output_dir (model, optimizer, schedule, data position, RNG)."""
     report_to: list[Tracker] = field(default_factory=list)
+    """Also log to ``tensorboard`` (output_dir/tensorboard) and/or ``mlflow``."""
     progress: bool = True
+    """Show progress bars."""
 
 
 @dataclass
@@ -135,6 +166,7 @@ class SFTConfig:
     samples: list[str] = field(default_factory=list)
     """Prompts answered before and after training, printed side by side and saved to samples.jsonl."""
     sample_max_new_tokens: int = 96
+    """Longest sample answer, in tokens."""
 
     def validate(self) -> None:
         t, d, a, r = self.train, self.data, self.adapter, self.run
@@ -178,6 +210,9 @@ class SFTConfig:
 # own modules and reuse the sections above).
 STAGE_CONFIGS: dict[str, str] = {
     "sft": "affinage.config:SFTConfig",
+    "curate": "affinage.curation.config:CurateConfig",
+    "eval": "affinage.evaluation.evaluate:EvalConfig", "report": "affinage.evaluation.report:ReportConfig",
+    "dpo": "affinage.recipes.dpo:DPOConfig", "rm": "affinage.recipes.reward:RewardConfig",
 }
 
 
@@ -373,3 +408,49 @@ def config_keys(cls: type, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{f.name}")
     return keys
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (read from its source)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def commented_yaml(config: Any, indent: int = 0) -> str:
+    """YAML of a config with each field's documentation as a comment above it."""
+    lines: list[str] = []
+    pad = "  " * indent
+    cls_doc = (type(config).__doc__ or "").strip().splitlines()
+    if indent == 0 and cls_doc:
+        lines.append(f"# {cls_doc[0]}")
+    docs = field_docs(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name in docs:
+            lines.append(f"{pad}# {docs[f.name]}")
+        if dataclasses.is_dataclass(value):
+            sub_doc = (type(value).__doc__ or "").strip().splitlines()
+            lines.append(f"{pad}{f.name}:" + (f"  # {sub_doc[0]}" if sub_doc else ""))
+            lines.append(commented_yaml(value, indent + 1))
+        else:
+            dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, allow_unicode=True).strip()
+            lines.append(f"{pad}{dumped.strip('{}')}")
+    return "\n".join(lines)

@@ -105,3 +105,20 @@ def test_stage_key_guards_against_the_wrong_verb(tmp_path):
     assert config_class_for(path) is SFTConfig
     with pytest.raises(ConfigError, match="'stage' must be one of 'sft'"):
         load_config(SFTConfig, None, [*BASE, "stage=dpo"])
+
+
+def test_every_sft_field_is_documented():
+    import dataclasses
+
+    from affinage.config import field_docs
+
+    for cls in (SFTConfig, *(type(getattr(SFTConfig(), f.name)) for f in dataclasses.fields(SFTConfig))):
+        if not dataclasses.is_dataclass(cls):
+            continue
+        docs = field_docs(cls)
+        # sections are documented by their own class docstring
+        missing = [
+            f.name for f in dataclasses.fields(cls)
+            if f.name not in docs and not dataclasses.is_dataclass(getattr(cls(), f.name))
+        ]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"

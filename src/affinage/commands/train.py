@@ -28,6 +28,6 @@ def defaults(
     stage: Annotated[str, typer.Argument(help="Which stage's config, e.g. sft.")] = "sft",
 ) -> None:
     """Print the default config of a stage as YAML, every key with its default value."""
-    from affinage.config import dump_yaml, stage_config_class
+    from affinage.config import commented_yaml, stage_config_class
 
-    typer.echo(dump_yaml(stage_config_class(stage)()))
+    typer.echo(commented_yaml(stage_config_class(stage)()))

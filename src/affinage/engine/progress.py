@@ -67,6 +67,7 @@ def progress_bar(description: str, total: int, *, enabled: bool = True, complete
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        speed_estimate_period=3600,
     )
     with progress:
         task = progress.add_task(description, total=total, completed=completed, metrics="")
