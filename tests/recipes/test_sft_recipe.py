@@ -152,3 +152,27 @@ def test_ctrl_c_then_resume_equals_straight_run(tiny_model_dir, train_file, tmp_
     ws, wr = final_weights(straight), final_weights(resumed)
     for name in ws:
         torch.testing.assert_close(ws[name], wr[name], atol=1e-6, rtol=0)
+
+
+def test_tensorboard_and_mlflow_receive_the_logged_metrics(tiny_model_dir, train_file, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # a local file store (mlflow-skinny has no SQL backend; users point this at their server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    out = tmp_path / "run"
+    sft_recipe.train(make_cfg(tiny_model_dir, train_file, out, "train.max_steps=3", "run.report_to=[tensorboard,mlflow]"))
+    losses = train_losses(out)
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tb_losses = [e.value for e in events.Scalars("train/loss")]
+    assert tb_losses == pytest.approx(losses, rel=1e-6)
+
+    client = mlflow.tracking.MlflowClient()
+    (run,) = client.search_runs(experiment_ids=[e.experiment_id for e in client.search_experiments()])
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(losses, rel=1e-6)
+    assert run.data.params["train.lr"] == "0.001"
