@@ -176,3 +176,43 @@ def test_tensorboard_and_mlflow_receive_the_logged_metrics(tiny_model_dir, train
     history = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(losses, rel=1e-6)
     assert run.data.params["train.lr"] == "0.001"
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("dora", ()),
+        ("prompt_tuning", ("adapter.num_virtual_tokens=4", "train.lr=3e-2")),
+        ("freeze", ("adapter.trainable=[layers\\.1\\.,norm]",)),
+    ],
+)
+def test_every_adapter_method_trains_and_saves(tiny_model_dir, train_file, tmp_path, method, extra):
+    out = tmp_path / method
+    cfg = make_cfg(tiny_model_dir, train_file, out, f"adapter.method={method}", "train.max_steps=8",
+                   "train.batch_size=4", "train.scheduler=constant", *extra)
+    final = sft_recipe.train(cfg)
+    losses = train_losses(out)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # training lowers the loss
+    AutoModelForCausalLM.from_pretrained(final)  # final/ loads as it is
+
+
+def test_prompt_tuning_loss_matches_peft_forward(tiny_model, tiny_tokenizer):
+    """With soft prompts prepended, ``logits_to_keep`` must be shifted by their number: the summed
+    loss equals the one computed from peft's full-logit forward pass."""
+    from affinage.config import AdapterConfig
+    from affinage.data.collate import collate_padded
+    from affinage.data.tokenize import TokenizedExample
+    from affinage.models import apply_adapter
+
+    model = apply_adapter(tiny_model, AdapterConfig(method="prompt_tuning", num_virtual_tokens=3), tokenizer=tiny_tokenizer)
+    ex = [TokenizedExample(input_ids=[5, 6, 7, 8, 9], labels=[-100, -100, 7, 8, 9]),
+          TokenizedExample(input_ids=[10, 11, 12], labels=[-100, 11, 12])]
+    batch = collate_padded(ex, pad_token_id=tiny_tokenizer.pad_token_id)
+    ours, count = sft_recipe.causal_lm_loss_sum(model, batch, position_offset=3)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 3:]  # [B, T, V]
+    targets = batch["labels"][:, 1:]
+    reference = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    assert count.item() == 5
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)

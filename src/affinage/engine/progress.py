@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 from rich.console import Console
@@ -15,7 +16,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+# Logs that go to a file or a CI log get 120 columns instead of rich's default 80 for non-terminals.
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 class _Null:
