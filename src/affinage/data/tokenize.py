@@ -64,6 +64,7 @@ def tokenize_example(
     train_on_prompt: bool = False,
     system_prompt: str | None = None,
     where: str = "example",
+    first_trained_message: int = 0,
 ) -> TokenizedExample | str:
     """Tokenise ``example`` and build its labels; return the reason instead when nothing is trainable.
 
@@ -71,6 +72,8 @@ def tokenize_example(
     first when the conversation has no system message. With ``train_on_prompt`` every token is
     trained, otherwise only the assistant answers and their end-of-turn token. Text examples are
     ``text + eos``, every token trained. Sequences longer than ``max_length`` keep their start.
+    ``first_trained_message`` (an index into ``example.messages``) trains only the assistant turns
+    from that message on: preference data trains the answer, not the assistant turns of its prompt.
     """
     if example.messages is None:
         assert example.text is not None
@@ -82,11 +85,12 @@ def tokenize_example(
         note = None
     else:
         messages = with_system_prompt(example.messages, system_prompt)
+        first = first_trained_message + len(messages) - len(example.messages)  # a system prompt shifts turns
         full = render_chat(tokenizer, messages, where=where)
         if train_on_prompt:
             spans, note = [(0, len(full))], None
         else:
-            spans, note = _assistant_spans(tokenizer, messages, full, where)
+            spans, note = _assistant_spans(tokenizer, messages, full, where, first)
         input_ids, labels = _labels_from_spans(tokenizer, full, spans)
     return _truncate(TokenizedExample(input_ids, labels, note), max_length)
 
@@ -130,10 +134,10 @@ def encode_prompt(tokenizer: Any, messages: list[Message], *, system_prompt: str
 
 
 def _assistant_spans(
-    tokenizer: Any, messages: list[Message], full: str, where: str
+    tokenizer: Any, messages: list[Message], full: str, where: str, first: int = 0
 ) -> tuple[list[tuple[int, int]], str | None]:
-    """Character spans of ``full`` to train: each assistant answer and its end-of-turn token."""
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    """Character spans of ``full`` to train: each assistant answer (from message ``first`` on) and its end-of-turn token."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= first]
     if not turns:
         raise DataError(f"{where}: the conversation has no assistant turn, so there is nothing to train on")
     spans = [_turn_span(tokenizer, messages, full, i) for i in turns]

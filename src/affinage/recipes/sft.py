@@ -41,6 +41,7 @@ def train(cfg: SFTConfig) -> Path:
 
     from affinage.data.collate import collate_packed, collate_padded
     from affinage.data.sft import load_sft_data
+    from affinage.doctor import preflight
     from affinage.models.adapters import apply_adapter, count_parameters, save_final
     from affinage.models.loading import load_model, load_tokenizer, model_supports_packing, resolve_dtype
 
@@ -62,6 +63,7 @@ def train(cfg: SFTConfig) -> Path:
     data = load_sft_data(cfg.data, tokenizer)
     if main:
         data.print_report(console)
+    preflight(tokenizer, cfg.data, data, console=console if main else None)  # the doctor's checks; fatal -> DataError
     dtype = resolve_dtype(cfg.model.dtype, accelerator.device)
     # Full and layer-freezing fine-tuning keep fp32 master weights and compute in bf16 under
     # autocast: bf16 weights would round away most small AdamW updates. Adapters train in fp32
