@@ -28,6 +28,7 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks examples
 
 test: lint
+	@bash scripts/install_chromium.sh
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

@@ -44,7 +44,13 @@ def _root(
 # Each area registers its verbs on ``app`` in its own module, so adding a stage touches one line here.
 COMMAND_MODULES = [
     "affinage.commands.train",
+    "affinage.commands.data",
     "affinage.commands.generate",
+    "affinage.commands.serve",
+    "affinage.commands.evaluate",
+    "affinage.commands.preference",
+    "affinage.commands.rl",
+    "affinage.commands.safety",
 ]
 
 

@@ -211,8 +211,10 @@ class SFTConfig:
 STAGE_CONFIGS: dict[str, str] = {
     "sft": "affinage.config:SFTConfig",
     "curate": "affinage.curation.config:CurateConfig",
-    "eval": "affinage.evaluation.evaluate:EvalConfig", "report": "affinage.evaluation.report:ReportConfig",
+    "eval": "affinage.evaluation.evaluate:EvalConfig", "report": "affinage.evaluation.report:ReportConfig", "export": "affinage.pipeline_stages:ExportStageConfig", "pipeline": "affinage.pipeline:PipelineConfig",
     "dpo": "affinage.recipes.dpo:DPOConfig", "rm": "affinage.recipes.reward:RewardConfig",
+    "ppo": "affinage.recipes.ppo:PPOConfig", "grpo": "affinage.recipes.grpo:GRPOConfig", "sample_best": "affinage.recipes.sample_best:SampleBestConfig",
+    "safety_classifier": "affinage.safety.training:ClassifierTrainConfig", "safety_eval": "affinage.safety.evaluate:SafetyEvalConfig", "redteam": "affinage.safety.redteam:RedTeamConfig", "constitutional": "affinage.safety.constitution:ConstitutionConfig", "guard": "affinage.safety.guard:GuardConfig",
 }
 
 

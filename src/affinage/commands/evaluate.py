@@ -15,8 +15,7 @@ def eval_(
     config: Annotated[Path, typer.Argument(help="YAML config (see `affinage defaults eval` and examples/eval.yaml).")],
     overrides: OverridesArg = None,
 ) -> None:
-    """Evaluate one or several models on the same sets: perplexity, exact match, ROUGE-L, BLEU, chrF,
-    multiple choice, win rate by a reward model, LLM judge, lm-eval tasks; per language and category."""
+    """Evaluate models side by side: perplexity, exact match, ROUGE-L, BLEU, chrF, multiple choice, win rate, LLM judge, lm-eval."""
     from affinage.config import load_config
     from affinage.evaluation.evaluate import EvalConfig, run_eval
 
@@ -46,8 +45,7 @@ def pipeline(
     rerun: Annotated[list[str] | None, typer.Option("--rerun", help="Re-run this stage (repeatable).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would run or be skipped, run nothing.")] = False,
 ) -> None:
-    """Run stages in order (sft, dpo, eval, report...): unchanged stages are skipped, a failed one
-    resumes, gates stop the pipeline. Overrides: STAGE.key=value or name=..."""
+    """Run stages in order (sft, dpo, eval, report...): skip unchanged ones, resume a failed one, stop at gates."""
     from affinage.pipeline import load_pipeline, print_summary, run_pipeline
 
     cfg = load_pipeline(config, overrides or [])

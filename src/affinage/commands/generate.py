@@ -28,6 +28,7 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Prompts per batch.")] = 16,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     chat_template: Annotated[str | None, typer.Option(help="Named template or Jinja string for base models.")] = None,
+    guard: Annotated[Path | None, typer.Option(help="Guard YAML (examples/guard.yaml): safety system prompt, input/output moderation.")] = None,
 ) -> None:
     """Answer one prompt or a JSONL file of prompts (batched; greedy, sampling or beam search)."""
     from affinage.generation.cli import generate_command
@@ -39,7 +40,7 @@ def generate(
     )
     generate_command(
         model, prompt, str(input) if input else None, str(output) if output else None, options,
-        system, batch_size, dtype, chat_template,
+        system, batch_size, dtype, chat_template, str(guard) if guard else None,
     )
 
 
@@ -53,10 +54,11 @@ def chat(
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     chat_template: Annotated[str | None, typer.Option(help="Named template or Jinja string for base models.")] = None,
+    guard: Annotated[Path | None, typer.Option(help="Guard YAML (examples/guard.yaml): safety system prompt, input/output moderation.")] = None,
 ) -> None:
     """Chat with a model in the terminal; answers stream as they are generated."""
     from affinage.generation.cli import chat_command
     from affinage.generation.sampling import GenerationOptions
 
     options = GenerationOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    chat_command(model, system, options, dtype, chat_template)
+    chat_command(model, system, options, dtype, chat_template, str(guard) if guard else None)

@@ -20,6 +20,7 @@ def export(
     tolerance: Annotated[float | None, typer.Option(help="Largest logit difference accepted by the parity check (default by dtype).")] = None,
     int8: Annotated[bool, typer.Option("--int8", help="Measure int8 dynamic quantisation: quality delta and speed.")] = False,
     eval_text: Annotated[Path | None, typer.Option(help="Held-out text for --int8: .txt paragraphs or .jsonl rows.")] = None,
+    int8_skip: Annotated[list[str] | None, typer.Option(help="Regex of layers --int8 keeps in fp32 (repeatable; default: lm_head).")] = None,
     gguf: Annotated[str | None, typer.Option(help="Also write a GGUF file: f16 or f32 (llama architecture).")] = None,
     gguf_pre: Annotated[str | None, typer.Option(help="llama.cpp pre-tokenizer name (default: recognised).")] = None,
 ) -> None:
@@ -31,6 +32,8 @@ def export(
         base=base, dtype=dtype, chat_template=chat_template, tolerance=tolerance, int8=int8,
         eval_text=str(eval_text) if eval_text else None, gguf=gguf, gguf_pre=gguf_pre,
     )
+    if int8_skip:
+        options.int8_skip = [*options.int8_skip, *int8_skip]
     run_export(source, output, options)
     typer.echo(f"exported to {output} (manifest: {output / 'export_manifest.json'})")
 
@@ -47,13 +50,14 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="Most answers decoded at once (concurrent generations).")] = 8,
     max_queue: Annotated[int, typer.Option(help="Most requests waiting; beyond, 429.")] = 32,
     max_tokens_limit: Annotated[int, typer.Option(help="Most tokens a request may ask for.")] = 1024,
-    default_max_tokens: Annotated[int, typer.Option(help="max_tokens of a request that gives none.")] = 256,
+    default_max_tokens: Annotated[int | None, typer.Option(help="max_tokens of a request that gives none (default: 256, at most the limit).")] = None,
     max_prompt_tokens: Annotated[int | None, typer.Option(help="Longest prompt accepted (default: the context length).")] = None,
     max_request_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_000_000,
     request_timeout: Annotated[float, typer.Option(help="Seconds before an unfinished request is cancelled (504).")] = 300.0,
     access_log: Annotated[Path | None, typer.Option(help="Also append JSON access-log lines to this file.")] = None,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     int8: Annotated[bool, typer.Option("--int8", help="Quantise linear layers to int8 at load (CPU).")] = False,
+    int8_skip: Annotated[list[str] | None, typer.Option(help="Regex of layers --int8 keeps in fp32 (repeatable; lm_head always).")] = None,
     chat_template: Annotated[str | None, typer.Option(help="Named template or Jinja string for base models.")] = None,
 ) -> None:
     """Serve a model over HTTP with the OpenAI chat-completions API (pip install 'affinage[serve]')."""
@@ -76,4 +80,5 @@ def serve(
         max_request_bytes=max_request_bytes, request_timeout_s=request_timeout,
         access_log=str(access_log) if access_log else None, dtype=dtype, int8=int8, chat_template=chat_template,
     )
+    options.int8_skip += list(int8_skip or [])
     run_serve(model, options)

@@ -85,10 +85,13 @@ def generate_command(
     batch_size: int = 16,
     dtype: str = "auto",
     chat_template: str | None = None,
+    guard_config: str | None = None,
 ) -> list[str]:
     """Answer one prompt (printed) or every row of a data file (written as JSONL with "completion").
 
     Without ``output_path`` the answers of a file go to standard output as JSONL. Returns the answers.
+    With ``guard_config`` (a guard YAML file, see :mod:`affinage.safety.guard`) prompts and answers
+    are moderated; each row then also carries the guard's verdicts under "guard".
     """
     options.validate()
     if (prompt is None) == (input_path is None):
@@ -110,17 +113,36 @@ def generate_command(
     else:
         rows, prompts = read_prompts(input_path)  # before the model loads: a bad row fails fast
 
+    guard_cfg = None
+    if guard_config is not None:
+        from affinage.safety.guard import load_guard_config
+
+        guard_cfg = load_guard_config(guard_config)  # a bad guard file fails before the model loads
     model, tokenizer = load_model_and_tokenizer(model_name, dtype, chat_template)
-    answers = generate(
-        model,
-        tokenizer,
-        prompts,
-        options,
-        batch_size=batch_size,
-        system_prompt=system_prompt,
-        progress=prompt is None,
-    )
-    out_rows = [{**row, "completion": answer} for row, answer in zip(rows, answers, strict=True)]
+    if guard_cfg is not None:
+        from affinage.safety.guard import Guard
+
+        guarded = Guard.from_config(guard_cfg, model=model, tokenizer=tokenizer).generate(
+            model, tokenizer, prompts, options, batch_size=batch_size, system_prompt=system_prompt,
+            progress=prompt is None,
+        )
+        answers = [g.text for g in guarded]
+        out_rows = [
+            {**row, "completion": g.text,
+             "guard": {"input": g.input.as_dict(), "output": g.output.as_dict() if g.output else None}}
+            for row, g in zip(rows, guarded, strict=True)
+        ]
+    else:
+        answers = generate(
+            model,
+            tokenizer,
+            prompts,
+            options,
+            batch_size=batch_size,
+            system_prompt=system_prompt,
+            progress=prompt is None,
+        )
+        out_rows = [{**row, "completion": answer} for row, answer in zip(rows, answers, strict=True)]
 
     if prompt is not None:
         print(answers[0])
@@ -143,10 +165,21 @@ def chat_command(
     options: GenerationOptions,
     dtype: str = "auto",
     chat_template: str | None = None,
+    guard_config: str | None = None,
 ) -> None:
-    """Load the model and chat with it in the terminal."""
+    """Load the model and chat with it in the terminal (moderated by a guard YAML file if given)."""
     from affinage.serving.chat import run_chat
 
     options.validate()
+    guard_cfg = None
+    if guard_config is not None:
+        from affinage.safety.guard import load_guard_config
+
+        guard_cfg = load_guard_config(guard_config)
     model, tokenizer = load_model_and_tokenizer(model_name, dtype, chat_template)
-    run_chat(model, tokenizer, system_prompt=system_prompt, options=options)
+    guard = None
+    if guard_cfg is not None:
+        from affinage.safety.guard import Guard
+
+        guard = Guard.from_config(guard_cfg, model=model, tokenizer=tokenizer)
+    run_chat(model, tokenizer, system_prompt=system_prompt, options=options, guard=guard)

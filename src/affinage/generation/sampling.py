@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -326,6 +326,11 @@ def generate_ids(
         return []
 
     gen_config, eos, pad = _generation_config(model, tokenizer, options)
+    if options.num_beams == 1:
+        from affinage.generation.rollout import fast_decode_supported
+
+        if fast_decode_supported(model) is None:
+            return _decode_loop_ids(model, tokenizer, encoded, options, eos, pad, batch_size, progress)
     eos_set = set(eos)
     device = model_device(model)
     # Longest first: similar lengths share a batch, and an out-of-memory error shows up at once.
@@ -352,6 +357,30 @@ def generate_ids(
             elapsed = max(time.perf_counter() - start, 1e-9)
             bar.update(task, advance=1, tokens_per_s=n_tokens / elapsed)
     return answers
+
+
+def _decode_loop_ids(
+    model: Any, tokenizer: Any, encoded: list[list[int]], options: GenerationOptions, eos: list[int], pad: int,
+    batch_size: int, progress: bool,
+) -> list[list[int]]:
+    """Greedy and sampled answers from the preallocated-cache loop of :mod:`affinage.generation.rollout`:
+    the answers ``model.generate`` gives (tested token for token); rows that finish leave the batch."""
+    from affinage.generation.rollout import SamplingParams, decode_ids
+
+    n_batches = (len(encoded) + batch_size - 1) // batch_size
+    with _progress(progress) as bar:
+        task = bar.add_task("generate", total=n_batches, tokens_per_s=0.0)
+        counted, start = [0], time.perf_counter()
+
+        def on_batch(sequences: int, new_tokens: int) -> None:
+            counted[0] += new_tokens
+            bar.update(task, advance=1, tokens_per_s=counted[0] / max(time.perf_counter() - start, 1e-9))
+
+        out = decode_ids(
+            model, encoded, SamplingParams.from_options(options), stop_token_ids=eos, pad_token_id=pad,
+            batch_size=batch_size, tokenizer=tokenizer, on_batch=on_batch,
+        )
+    return out.token_ids
 
 
 def generate(
@@ -440,10 +469,11 @@ def stream_chat(
 ) -> Iterator[str]:
     """Yield the answer to ``messages`` piece by piece, as the model produces each token.
 
-    ``model.generate`` runs in a worker thread and feeds a queue. Text that might be the start of a
-    stop string is held back until it is known not to be. Closing the iterator early (or Ctrl-C in
-    the consumer) stops the worker at the next token. The pieces join to what :func:`generate`
-    returns for the same conversation.
+    The KV-cache loop of :mod:`affinage.generation.rollout` decodes in this thread, one token per
+    iteration; for models it cannot run, ``model.generate`` runs in a worker thread and feeds a
+    queue. Text that might be the start of a stop string is held back until it is known not to be.
+    Closing the iterator early (or Ctrl-C in the consumer) stops decoding at the next token. The
+    pieces join to what :func:`generate` returns for the same conversation.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -455,6 +485,11 @@ def stream_chat(
         return
     ids = _encode(tokenizer, render_prompt(tokenizer, messages, system_prompt, where="messages"))
     gen_config, eos, pad = _generation_config(model, tokenizer, options)
+    from affinage.generation.rollout import fast_decode_supported
+
+    if fast_decode_supported(model) is None:
+        yield from _hold_stop_strings(_loop_pieces(model, tokenizer, ids, options, eos, pad), options.stop)
+        return
     device = model_device(model)
     input_ids, attention_mask = _left_pad([ids], pad, device)
     streamer = _TokenStreamer(tokenizer, set(eos))
@@ -487,29 +522,61 @@ def stream_chat(
     thread = threading.Thread(target=work, name="affinage-stream", daemon=True)
     thread.start()
     try:
-        pending = ""
-        for piece in streamer:
-            pending += piece
-            if options.stop:
-                cut = cut_at_stop(pending, options.stop)
-                if len(cut) < len(pending):
-                    if cut:
-                        yield cut
-                    return
-                held = _partial_stop_length(pending, options.stop)
-                ready, pending = pending[: len(pending) - held], pending[len(pending) - held :]
-            else:
-                ready, pending = pending, ""
-            if ready:
-                yield ready
+        yield from _hold_stop_strings(streamer, options.stop)
         if errors:
             raise errors[0]
-        if pending:
-            yield pending
     finally:
         cancel.set()
         thread.join()
         model.train(was_training)
+
+
+def _hold_stop_strings(pieces: Iterable[str], stop: Sequence[str]) -> Iterator[str]:
+    """Pass text pieces on, holding back any end that may begin a stop string, and end at one."""
+    pending = ""
+    for piece in pieces:
+        pending += piece
+        if stop:
+            cut = cut_at_stop(pending, stop)
+            if len(cut) < len(pending):
+                if cut:
+                    yield cut
+                return
+            held = _partial_stop_length(pending, stop)
+            ready, pending = pending[: len(pending) - held], pending[len(pending) - held :]
+        else:
+            ready, pending = pending, ""
+        if ready:
+            yield ready
+    if pending:
+        yield pending
+
+
+def _loop_pieces(
+    model: Any, tokenizer: Any, ids: list[int], options: GenerationOptions, eos: list[int], pad: int
+) -> Iterator[str]:
+    """The answer's new text after each token of :func:`affinage.generation.rollout.stream_decode`.
+
+    As :class:`_TokenStreamer`: the answer so far is decoded whole at each token (token by token
+    would break multi-byte characters), nothing is sent while it ends inside a character, and
+    end-of-sequence tokens are dropped.
+    """
+    from affinage.generation.rollout import SamplingParams, stream_decode
+
+    eos_set, tokens, sent = set(eos), [], 0
+    for token in stream_decode(
+        model, ids, SamplingParams.from_options(options), stop_token_ids=eos, pad_token_id=pad, tokenizer=tokenizer
+    ):
+        if token in eos_set:
+            continue
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > sent:
+            yield text[sent:]
+            sent = len(text)
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    if len(text) > sent:
+        yield text[sent:]
 
 
 def _partial_stop_length(text: str, stop: Sequence[str]) -> int:

@@ -24,8 +24,15 @@ def run_chat(
     system_prompt: str | None = None,
     options: GenerationOptions | None = None,
     console: Any = None,
+    guard: Any = None,
 ) -> list[Message]:
-    """Run the chat loop until the user leaves; return the last conversation (system turn included)."""
+    """Run the chat loop until the user leaves; return the last conversation (system turn included).
+
+    With a :class:`~affinage.safety.guard.Guard`, each message is moderated before an answer is
+    generated (a refusal in the user's language replaces it), the safety system prompt is added when
+    there is no other, and with output moderation the answer is checked whole before it is shown
+    (so it does not stream).
+    """
     from rich.console import Console
     from rich.markup import escape
 
@@ -73,10 +80,25 @@ def run_chat(
         history.append({"role": "user", "content": text})
         console.print("[bold cyan]assistant>[/] ", end="")
         pieces: list[str] = []
+        messages = conversation()
+        if guard is not None:
+            verdict = guard.check_input(messages)
+            if not verdict.allowed:
+                console.print(verdict.refusal, markup=False, highlight=False, soft_wrap=True)
+                history.append({"role": "assistant", "content": verdict.refusal})
+                continue
+            messages = guard.apply_system_prompt(messages)
+        buffered = guard is not None and guard.cfg.enabled and guard.cfg.output.enabled
         try:
-            for piece in stream_chat(model, tokenizer, conversation(), options):
+            for piece in stream_chat(model, tokenizer, messages, options):
                 pieces.append(piece)
-                console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+                if not buffered:
+                    console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            if buffered:
+                answer = "".join(pieces).strip()
+                verdict = guard.check_output(conversation(), answer)
+                pieces = [answer if verdict.allowed else verdict.refusal]
+                console.print(pieces[0], end="", markup=False, highlight=False, soft_wrap=True)
         except KeyboardInterrupt:
             # The answer is incomplete: forget this exchange rather than build on half an answer.
             history.pop()
