@@ -303,9 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child_main(args)
         return
+    import os
+
     from rich.console import Console
 
     from affinage.data.io import write_jsonl
+
+    os.environ.setdefault("COLUMNS", "170")  # the table is wide; rich reads this when not on a terminal
     from affinage.models import load_tokenizer
 
     console = Console()
@@ -361,9 +365,11 @@ def main(argv: list[str] | None = None) -> None:
         speed = f"{s['pairs_per_s'] / trl['pairs_per_s']:.2f}x" if trl and variant != "sft" else ""
         cpu_speed = f"{s['pairs_per_cpu_s'] / trl['pairs_per_cpu_s']:.2f}x" if trl and variant != "sft" else ""
         memory = f"{s['peak_rss_gib'] / trl['peak_rss_gib']:.2f}x" if trl else ""
-        extra = f"reference precomputed in {s['precompute_s']:.0f} s" if variant == "affinage-cached" else ""
+        extra = f"reference: {s['precompute_s']:.0f} s once" if variant == "affinage-cached" else ""
         if variant == "affinage-cached" and "sft" in summary:
             extra += f"; memory {s['peak_rss_gib'] / summary['sft']['peak_rss_gib']:.2f}x LoRA SFT"
+        if variant == "affinage-lowmem":
+            extra = "MALLOC_MMAP_THRESHOLD_=1048576"
         rows.append([LABELS[variant], f"{s['pairs_per_s']:.3f}", f"{s['step_s']:.1f}", f"{s['step_cpu_s']:.1f}",
                      f"{s['peak_rss_gib']:.2f}", speed, cpu_speed, memory, extra])
     print_table(

@@ -33,10 +33,34 @@ def loaded():
     return model, tokenizer, first, second
 
 
-def test_second_load_is_fast(loaded):
+def test_second_load_reads_the_cache_without_converting_again(loaded, monkeypatch):
+    """Later loads read the cached safetensors directory; the GGUF is not dequantised again."""
+    from affinage.models import loading
+
     _, _, first, second = loaded
     print(f"first load {first:.1f} s, second load {second:.1f} s")
-    assert second < 10
+    cache = loading.builtin_model_dir(ALIAS)
+    assert (cache / "model.safetensors").is_file()
+    stamp = (cache / "model.safetensors").stat().st_mtime_ns
+
+    def no_gguf(*args, **kwargs):
+        raise AssertionError("the GGUF file was read again")
+
+    import transformers
+
+    auto = transformers.AutoModelForCausalLM
+    monkeypatch.setattr(auto, "from_pretrained", _only_local(auto.from_pretrained, no_gguf))
+    load_model(ALIAS, dtype="float32")
+    assert (cache / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def _only_local(real, fail):
+    def wrapper(*args, **kwargs):
+        if kwargs.get("gguf_file"):
+            fail()
+        return real(*args, **kwargs)
+
+    return wrapper
 
 
 def test_architecture_vocab_and_tokenizer(loaded):

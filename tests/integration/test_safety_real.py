@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,6 @@ def test_self_reflection_on_a_handful_of_prompts():
     from affinage.models.loading import load_model, load_tokenizer
     from affinage.safety.classifiers import SelfReflectionClassifier
 
-    start = time.perf_counter()
     tokenizer, model = load_tokenizer(ALIAS), load_model(ALIAS, dtype="float32")
     clf = SelfReflectionClassifier(model, tokenizer, min_verdict_mass=0.05, batch_size=6)
     # SmolLM2 writes " safe" and " unsafe" as single tokens after "Verdict:".
@@ -52,7 +50,6 @@ def test_self_reflection_on_a_handful_of_prompts():
     # The verdict tokens hold a real share of the probability: the model answers in the format.
     assert sum(j.p_unsafe + j.p_safe for j in judgements) / len(judgements) > 0.05
     print("self-reflection scores:", [round(j.score, 3) for j in judgements], [j.label for j in judgements])
-    assert time.perf_counter() - start < 90
 
 
 def test_trained_classifier_reaches_f1_090_on_the_held_out_split(tmp_path):

@@ -192,7 +192,7 @@ def train(cfg: DPOConfig) -> Path:
     reference_model = copy_model(model).to(accelerator.device) if live_copy else None
     model = apply_adapter(model, cfg.adapter, gradient_checkpointing=cfg.model.gradient_checkpointing, tokenizer=tokenizer)
     trainable, total = count_parameters(model)
-    before = _answer_samples(cfg, model, tokenizer) if accelerator.is_main_process and cfg.samples else None
+    before = _answer_samples(cfg, model, tokenizer) if main and cfg.samples else None
     # A frozen output head is applied chunk by chunk without keeping logits (see HiddenStatesHead).
     use_hidden_states_head(model)
     if reference_model is not None:

@@ -436,9 +436,12 @@ def score_file(model_name: str, input_path: str, output_path: str, *, batch_size
     """Score every row of ``input_path`` with the reward model ``model_name``; write ``output_path``
     (JSONL, atomically): each input row plus ``reward`` (prompt/completion or messages rows) or
     ``chosen_reward``, ``rejected_reward`` and ``reward_margin`` (pair rows). Returns a summary."""
+    from transformers.utils import logging as hf_logging
+
     from affinage.data.io import read_rows, write_jsonl
     from affinage.models.loading import load_tokenizer, resolve_dtype
 
+    hf_logging.disable_progress_bar()
     tokenizer = load_tokenizer(model_name)
     torch_dtype = resolve_dtype(dtype)
     model = load_reward_model(ModelConfig(name=model_name), dtype=torch_dtype, pad_token_id=tokenizer.pad_token_id)

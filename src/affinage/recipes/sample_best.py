@@ -32,6 +32,16 @@ from affinage.rewards import RewardsConfig
 
 
 @dataclass
+class BestOfSampling(GenerationOptions):
+    """Sampling for best-of-N: several different answers per prompt (defaults in the class, so a
+    YAML that sets one key keeps the others)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    seed: int | None = 42
+
+
+@dataclass
 class SampleBestConfig:
     """Rejection sampling: ``affinage sample-best CONFIG.yaml``."""
 
@@ -40,7 +50,7 @@ class SampleBestConfig:
     """The model that answers (usually the current policy, e.g. runs/quickstart/final)."""
     data: PromptDataConfig = field(default_factory=PromptDataConfig)
     reward: RewardsConfig = field(default_factory=RewardsConfig)
-    generation: GenerationOptions = field(default_factory=lambda: GenerationOptions(max_new_tokens=256, temperature=0.8, seed=42))
+    generation: BestOfSampling = field(default_factory=BestOfSampling)
     n: int = 4
     """Answers sampled per prompt; the best one is kept."""
     batch_size: int = 16

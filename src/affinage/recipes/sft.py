@@ -44,6 +44,7 @@ def train(cfg: SFTConfig) -> Path:
     from affinage.doctor import preflight
     from affinage.models.adapters import apply_adapter, count_parameters, save_final
     from affinage.models.loading import load_model, load_tokenizer, model_supports_packing, resolve_dtype
+    from affinage.models.packed_attention import use_packed_attention
 
     # ---------------------------------------------------------------- setup
     accelerator = make_accelerator()
@@ -78,6 +79,8 @@ def train(cfg: SFTConfig) -> Path:
         attn_implementation=cfg.model.attn_implementation,
     )
     packing = _decide_packing(cfg, model_supports_packing(model))
+    if packing:
+        use_packed_attention(model)  # one causal attention per packed example, not a dense block mask
     model = apply_adapter(
         model, cfg.adapter, gradient_checkpointing=cfg.model.gradient_checkpointing, tokenizer=tokenizer
     )
