@@ -157,6 +157,105 @@ def run_child(argv: list[str], *, timeout: float | None = None, env: dict[str, s
         return json.loads(result.read_text(encoding="utf-8"))
 
 
+def run_lockstep(
+    children: dict[str, list[str]], steps: int, *, timeout: float | None = None
+) -> dict[str, dict[str, Any]]:
+    """Run several child scripts that take turns, one step at a time; return each one's JSON result.
+
+    On a machine shared with other work, measurements taken minutes apart see different loads. Here
+    the children run side by side but never at the same time: each waits for its turn, runs one
+    step, hands the CPU back, and the parent gives the next turn to the next child, reversing the
+    order every round (A B, B A, A B ...). Adjacent steps of different children then see the same
+    background load, and peak memory stays per process.
+
+    Each child gets ``--turn-fds GO,DONE --result PATH`` and uses :class:`Turns` with them: it
+    writes one byte when ready and after each step, and reads one byte before each step. ``steps``
+    is the number of turns each child takes.
+    """
+    names = list(children)
+    with tempfile.TemporaryDirectory(prefix="affinage-bench-") as tmp:
+        procs: dict[str, tuple[subprocess.Popen, int, int, Path, Any]] = {}
+        try:
+            for name in names:
+                go_read, go_write = os.pipe()
+                done_read, done_write = os.pipe()
+                log_path = Path(tmp) / f"{name}.log"
+                log = log_path.open("w")
+                cmd = [sys.executable, *children[name], "--turn-fds", f"{go_read},{done_write}",
+                       "--result", str(Path(tmp) / f"{name}.json")]
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, pass_fds=(go_read, done_write))
+                os.close(go_read)
+                os.close(done_write)
+                procs[name] = (proc, go_write, done_read, log_path, log)
+
+            def wait_for(name: str) -> None:
+                proc, _, done_read, log_path, _ = procs[name]
+                if not os.read(done_read, 1):  # EOF: the child exited before finishing its turn
+                    proc.wait()
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+                    raise RuntimeError(f"benchmark child '{name}' failed (exit {proc.returncode}):\n{tail}")
+
+            for name in names:  # every child has loaded what it needs
+                wait_for(name)
+            for step in range(steps):
+                for name in names if step % 2 == 0 else names[::-1]:
+                    os.write(procs[name][1], b"g")
+                    wait_for(name)
+            results = {}
+            for name, (proc, _, _, log_path, _) in procs.items():
+                if proc.wait(timeout=timeout) != 0 or not (Path(tmp) / f"{name}.json").exists():
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+                    raise RuntimeError(f"benchmark child '{name}' failed (exit {proc.returncode}):\n{tail}")
+                results[name] = json.loads((Path(tmp) / f"{name}.json").read_text(encoding="utf-8"))
+            return results
+        finally:
+            for proc, go_write, done_read, _, log in procs.values():
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+                for fd in (go_write, done_read):
+                    os.close(fd)
+                log.close()
+
+
+class Turns:
+    """Child side of :func:`run_lockstep`, and the step clock: wall and CPU seconds of each step.
+
+    ``begin()`` before a step (waits for the turn), ``end(more)`` after it (hands the turn back
+    and, when ``more``, waits for the next one). Without file descriptors (a child run on its own)
+    it only times. ``steps`` holds ``(wall_s, cpu_s)`` per step; CPU time is the process's, all
+    threads, and excludes the wait.
+    """
+
+    def __init__(self, fds: str | None = None) -> None:
+        self.go, self.done = (int(fd) for fd in fds.split(",")) if fds else (None, None)
+        self.steps: list[tuple[float, float]] = []
+        self._start: tuple[float, float] | None = None
+        self._ready = False
+
+    def begin(self) -> None:
+        if self.done is not None:
+            if not self._ready:
+                os.write(self.done, b"r")
+                self._ready = True
+            if not os.read(self.go, 1):
+                raise SystemExit("benchmark parent went away")
+        self._start = (time.perf_counter(), time.process_time())
+
+    def end(self, more: bool) -> None:
+        assert self._start is not None, "Turns.end() without begin()"
+        self.steps.append((time.perf_counter() - self._start[0], time.process_time() - self._start[1]))
+        self._start = None
+        if self.done is not None:
+            os.write(self.done, b"d")
+        if more:
+            self.begin()
+
+    @property
+    def started(self) -> bool:
+        return self._start is not None
+
+
 def write_result(path: str | Path, data: dict[str, Any]) -> None:
     """Write a child's (or the run's) JSON result atomically."""
     from affinage.utils.fs import atomic_write_text

@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
     GIB,
+    Turns,
     load_average,
     machine_info,
     matmul_peak_flops,
@@ -54,7 +55,7 @@ from _common import (
     memory_bandwidth,
     peak_rss_bytes,
     print_table,
-    run_child,
+    run_lockstep,
     write_result,
 )
 
@@ -165,22 +166,25 @@ def child_affinage(args: argparse.Namespace, data_file: Path, work: Path) -> dic
     import affinage.recipes.sft as recipe
     from affinage.config import AdapterConfig, DataConfig, ModelConfig, RunConfig, SFTConfig, TrainConfig
 
+    total = args.warmup + args.steps
+    turns = Turns(args.turn_fds)
     batches: list[dict[str, int]] = []
+    losses: list[float] = []
     loss_sum = recipe.causal_lm_loss_sum
 
     def counted_loss_sum(model, batch, *args, **kwargs):  # the loop's only call per micro-batch
+        if not turns.started:  # the first step starts here, the others when the previous one ends
+            turns.begin()
         batches.append(batch_counts(batch))
         return loss_sum(model, batch, *args, **kwargs)
 
     recipe.causal_lm_loss_sum = counted_loss_sum
-    ends: list[tuple[float, float]] = []  # (wall, process CPU) seconds at the end of each optimizer step
-    losses: list[float] = []
 
     class TimedLogger(recipe.MetricLogger):
         def log(self, row: dict[str, Any]) -> None:  # called right after each optimizer step
             if row.get("split") == "train":
-                ends.append((time.perf_counter() - start[0], time.process_time() - start[1]))
                 losses.append(row["loss"])
+                turns.end(more=len(turns.steps) + 1 < total)
             super().log(row)
 
     recipe.MetricLogger = TimedLogger
@@ -193,16 +197,15 @@ def child_affinage(args: argparse.Namespace, data_file: Path, work: Path) -> dic
         adapter=AdapterConfig(method=args.method, r=16, alpha=32, dropout=0.0, target_modules=["all-linear"]),
         data=DataConfig(train=[str(data_file)], format="prompt_completion", max_length=args.max_length),
         train=TrainConfig(
-            lr=LEARNING_RATE[args.method], scheduler="constant", max_steps=args.warmup + args.steps,
+            lr=LEARNING_RATE[args.method], scheduler="constant", max_steps=total,
             batch_size=args.batch_size, grad_accum=1, max_grad_norm=1.0, seed=args.seed,
         ),
         run=RunConfig(output_dir=str(work / "run"), log_every=1, progress=False),
     )
     cfg.validate()
-    start = (time.perf_counter(), time.process_time())
     recipe.train(cfg)
     peak = peak_rss_bytes()
-    return {"step_ends": ends, "batches": batches, "peak_rss": peak, "losses": losses}
+    return {"steps": turns.steps, "batches": batches, "peak_rss": peak, "losses": losses}
 
 
 def child_trl(args: argparse.Namespace, data_file: Path, work: Path) -> dict[str, Any]:
@@ -228,16 +231,14 @@ def child_trl(args: argparse.Namespace, data_file: Path, work: Path) -> dict[str
             r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", bias="none", task_type="CAUSAL_LM"
         )
 
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.start = (0.0, 0.0)
-            self.ends: list[tuple[float, float]] = []
+    turns = Turns(args.turn_fds)
 
+    class StepTimer(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = (time.perf_counter(), time.process_time())
+            turns.begin()
 
         def on_step_end(self, args, state, control, **kwargs):  # right after each optimizer step
-            self.ends.append((time.perf_counter() - self.start[0], time.process_time() - self.start[1]))
+            turns.end(more=state.global_step < state.max_steps)
 
     timer = StepTimer()
     config = SFTConfig(
@@ -280,7 +281,7 @@ def child_trl(args: argparse.Namespace, data_file: Path, work: Path) -> dict[str
     trainer.train()
     peak = peak_rss_bytes()
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    return {"step_ends": timer.ends, "batches": batches, "peak_rss": peak, "losses": losses}
+    return {"steps": turns.steps, "batches": batches, "peak_rss": peak, "losses": losses}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -330,11 +331,10 @@ def step_flops(method: str, batch: dict[str, int], facts: dict[str, int]) -> flo
 
 
 def summarise(result: dict[str, Any], warmup: int, facts: dict[str, int]) -> dict[str, Any]:
-    ends = result["step_ends"]
-    batches = result["batches"][: len(ends)]
-    times = [b[0] - a[0] for a, b in zip([(0.0, 0.0), *ends[:-1]], ends, strict=True)]
-    cpu = [b[1] - a[1] for a, b in zip([(0.0, 0.0), *ends[:-1]], ends, strict=True)]
-    timed = range(warmup, len(ends))
+    times = [wall for wall, _ in result["steps"]]
+    cpu = [cpu for _, cpu in result["steps"]]
+    batches = result["batches"][: len(times)]
+    timed = range(warmup, len(times))
     rates = [batches[i]["tokens"] / times[i] for i in timed]
     flops = [step_flops(result["method"], batches[i], facts) / times[i] for i in timed]
     return {
@@ -369,6 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--method", choices=("full", "lora"), help=argparse.SUPPRESS)
     p.add_argument("--data-file", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--turn-fds", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--steps, --warmup and --repeats must be at least 1")
@@ -429,16 +430,18 @@ def main(argv: list[str] | None = None) -> None:
         for rep in range(args.repeats):
             for method in args.methods:
                 tools = TOOLS if rep % 2 == 0 else TOOLS[::-1]
-                for tool in tools:
-                    t = time.perf_counter()
-                    console.print(f"  repeat {rep + 1}: {method:4s} {tool:8s} ...", end="")
-                    result = run_child(
-                        [__file__, "--child", "--tool", tool, "--method", method, "--data-file", str(data_file),
-                         "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed", str(args.seed),
-                         "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)],
-                    )
+                t = time.perf_counter()
+                console.print(f"  repeat {rep + 1}: {method}, {' and '.join(tools)} taking turns step by step ...")
+                child_args = [
+                    "--child", "--method", method, "--data-file", str(data_file), "--steps", str(args.steps),
+                    "--warmup", str(args.warmup), "--seed", str(args.seed), "--batch-size", str(args.batch_size),
+                    "--max-length", str(args.max_length),
+                ]
+                pair = run_lockstep({tool: [__file__, *child_args, "--tool", tool] for tool in tools}, total_steps)
+                for tool in TOOLS:
+                    result = pair[tool]
                     measured = [b["tokens"] for b in result["batches"][:total_steps]]
-                    if measured != expected_tokens[: len(measured)] or len(result["step_ends"]) != total_steps:
+                    if measured != expected_tokens or len(result["steps"]) != total_steps:
                         raise RuntimeError(
                             f"{tool} {method}: batches differ from the plan (tokens per step {measured} "
                             f"!= {expected_tokens}); the comparison would not be like for like"
@@ -447,10 +450,11 @@ def main(argv: list[str] | None = None) -> None:
                     results.setdefault((method, tool), []).append(summary)
                     raw.append({"repeat": rep, "method": method, "tool": tool, **summary})
                     console.print(
-                        f" {median(summary['tokens_per_s']):7.1f} tok/s, {median(summary['tokens_per_cpu_s']):6.1f} "
-                        f"tok/CPU-s, peak RSS {summary['peak_rss_gib']:.2f} GiB "
-                        f"({time.perf_counter() - t:.0f} s)"
+                        f"    {tool:8s} {median(summary['tokens_per_s']):7.1f} tok/s, "
+                        f"{median(summary['tokens_per_cpu_s']):6.1f} tok/CPU-s, "
+                        f"peak RSS {summary['peak_rss_gib']:.2f} GiB"
                     )
+                console.print(f"    ({time.perf_counter() - t:.0f} s)")
     # The machine's peak is the better of two measurements (before and after), so that a busy
     # moment cannot lower the peak and flatter the utilisation.
     peak_flops_end = matmul_peak_flops()

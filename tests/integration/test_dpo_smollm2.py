@@ -23,7 +23,19 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_lora_dpo_steps_on_smollm2(tmp_path):
+@pytest.fixture
+def one_thread():
+    """On a 2-core machine shared with other jobs, a second torch thread spends its time waiting for
+    the first (measured: 130 s for this test with 2 threads under load, 11 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_lora_dpo_steps_on_smollm2(tmp_path, one_thread):
     """Step 1 runs at the reference (LoRA B = 0, reference = adapter disabled): the loss is log 2
     and the margin 0 to float precision; the next steps move the policy and final/ is written."""
     cfg = load_config(dpo_recipe.DPOConfig, None, [

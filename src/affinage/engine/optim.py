@@ -21,8 +21,8 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Ada
     ]
     groups = [g for g in groups if g["params"]]
     # The fused kernel (CPU since torch 2.4, CUDA, XPU, MPS) reads and writes every parameter and
-    # state once per step; foreach makes several passes. On 2 CPU cores and a 135M model that is
-    # about 0.3 s against more than 1 s per step. foreach remains the fallback elsewhere.
+    # state once per step; foreach makes several passes. One step over a 135M model on the 2-core
+    # CPU machines: 0.06 s of CPU time fused, 0.44 s foreach. foreach remains the fallback.
     vectorised = {"fused": True} if _fused_adamw_supported(decay + no_decay) else {"foreach": True}
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.adam_betas), eps=cfg.adam_eps, **vectorised)
 

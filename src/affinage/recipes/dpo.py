@@ -89,7 +89,9 @@ class DPOConfig:
     rpo_alpha: float = 1.0
     """rpo: weight of the NLL of the chosen answer."""
     kto_desirable_weight: float = 1.0
+    """kto: lambda_D, the weight of desirable answers (raise it when they are rarer than undesirable ones)."""
     kto_undesirable_weight: float = 1.0
+    """kto: lambda_U, the weight of undesirable answers."""
     precompute_reference: bool = False
     """Compute the reference log-probabilities once before training and cache them on disk."""
     reference_cache_dir: str | None = None
