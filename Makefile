@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/affinage sft examples/quickstart.yaml
+	$(BIN)/affinage pipeline examples/pipeline_quickstart.yaml
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks examples

@@ -115,3 +115,19 @@ output_dir: {tmp_path / 'out'}
     assert (tmp_path / "out" / "results.json").is_file() and (tmp_path / "out" / "pareto.png").stat().st_size > 1000
     # Guard and judge differ here (judge threshold 0.3), so the warning flag is off.
     assert results["judge_is_guard_classifier"] is False
+
+
+def test_capped_sets_take_prompts_in_turn_from_every_file(tmp_path):
+    """max_per_set=5 over files of 3 (en), 3 (fr) and 1 (de) prompts: en, fr, de, en, fr, in that
+    order, so a quick run still sees every language; without a cap all 7 come back."""
+    from affinage.safety.evaluate import SafetyEvalData, load_eval_prompts
+
+    files = []
+    for lang, n in (("en", 3), ("fr", 3), ("de", 1)):
+        path = tmp_path / f"harmful_{lang}.jsonl"
+        path.write_text("".join(json.dumps({"prompt": f"{lang} {i}", "language": lang}) + "\n" for i in range(n)))
+        files.append(str(path))
+    capped = load_eval_prompts(SafetyEvalData(harmful=files, max_per_set=5))
+    assert [p.text for p in capped] == ["en 0", "fr 0", "de 0", "en 1", "fr 1"]
+    assert [p.language for p in capped] == ["en", "fr", "de", "en", "fr"]
+    assert len(load_eval_prompts(SafetyEvalData(harmful=files))) == 7

@@ -60,7 +60,7 @@ def serve(
     int8_skip: Annotated[list[str] | None, typer.Option(help="Regex of layers --int8 keeps in fp32 (repeatable; lm_head always).")] = None,
     chat_template: Annotated[str | None, typer.Option(help="Named template or Jinja string for base models.")] = None,
 ) -> None:
-    """Serve a model over HTTP with the OpenAI chat-completions API (pip install 'affinage[serve]')."""
+    """Serve a model over HTTP with the OpenAI chat-completions API (needs the serve extra, which make setup installs)."""
     from affinage.errors import ConfigError
     from affinage.serving.server import ServeOptions, check_serve_dependencies
     from affinage.serving.server import serve as run_serve

@@ -47,3 +47,31 @@ def prepare_run_dir(output_dir: str | Path, config: Any, *, resume: bool, is_mai
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(config))
     return out
+
+
+_LIBC_TRIM: Any = None
+
+
+def release_host_memory(device: torch.device | str) -> None:
+    """Hand the heap memory freed by the last step back to the system (glibc ``malloc_trim``).
+
+    On CPU the activations of a step live on the C heap. Steps of different lengths free blocks of
+    one size and then ask for blocks of another, so glibc grows the heap instead of reusing the
+    holes and the resident memory creeps up from step to step (measured on the DPO recipe: 2.7 GiB
+    after the first step, 4.2 GiB by the third). Trimming once per optimizer step returns the free
+    pages; the next step faults them back in as it touches them. A no-op on GPUs and on C
+    libraries without ``malloc_trim``.
+    """
+    global _LIBC_TRIM
+    if torch.device(device).type != "cpu":
+        return
+    if _LIBC_TRIM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _LIBC_TRIM = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl, Windows)
+            _LIBC_TRIM = False
+    if _LIBC_TRIM:
+        _LIBC_TRIM(0)

@@ -26,6 +26,7 @@ and ``pareto.png`` (needs matplotlib: ``pip install 'affinage[safety]'``).
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ class SafetyEvalData:
     borderline: list[str] = field(default_factory=list)
     benign: list[str] = field(default_factory=list)
     max_per_set: int | None = None
-    """Keep the first N prompts of each set (quick runs)."""
+    """Keep N prompts of each set, taken in turn from its files so that every file (language) is represented."""
 
 
 @dataclass
@@ -134,16 +135,19 @@ def load_eval_prompts(cfg: SafetyEvalData, default_language: str = "en") -> list
 
     prompts = []
     for set_name in SETS:
-        count = 0
+        per_file = []
         for path in getattr(cfg, set_name):
+            rows = []
             for number, row in read_rows(path):
-                if cfg.max_per_set is not None and count >= cfg.max_per_set:
-                    break
                 prompt = row_prompt(row, f"{path}, row {number}")
                 messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
                 language = row.get("language") or detect_language(messages, default_language)
-                prompts.append(EvalPrompt(set_name, messages, str(language), row.get("category"), row))
-                count += 1
+                rows.append(EvalPrompt(set_name, messages, str(language), row.get("category"), row))
+            per_file.append(rows)
+        # Taken in turn from the set's files (one per language, usually), so that a capped set
+        # still covers every language: with max_per_set=10 and five files, two prompts of each.
+        interleaved = [p for group in itertools.zip_longest(*per_file) for p in group if p is not None]
+        prompts.extend(interleaved[: cfg.max_per_set])
     if not prompts:
         raise DataError("the safety evaluation found no prompt in data.harmful, data.borderline or data.benign")
     return prompts
