@@ -42,7 +42,7 @@ from affinage.engine.checkpoint import latest_checkpoint, load_checkpoint, save_
 from affinage.engine.metrics import MetricLogger
 from affinage.engine.optim import build_scheduler
 from affinage.engine.progress import console, progress_bar
-from affinage.engine.runtime import make_accelerator, prepare_run_dir, seed_everything
+from affinage.engine.runtime import make_accelerator, prepare_run_dir, release_host_memory, seed_everything
 from affinage.errors import ConfigError
 from affinage.losses.rl import (
     KL_ESTIMATORS,
@@ -382,6 +382,7 @@ def train(cfg: PPOConfig) -> Path:
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
+                        release_host_memory(accelerator.device)
                 done = step + 1
 
                 # 5. metrics and the KL controller

@@ -38,7 +38,7 @@ from affinage.engine.checkpoint import latest_checkpoint, load_checkpoint, save_
 from affinage.engine.metrics import MetricLogger
 from affinage.engine.optim import build_optimizer, build_scheduler
 from affinage.engine.progress import console, progress_bar
-from affinage.engine.runtime import make_accelerator, prepare_run_dir, seed_everything
+from affinage.engine.runtime import make_accelerator, prepare_run_dir, release_host_memory, seed_everything
 from affinage.errors import ConfigError, ModelError
 from affinage.losses.preference import bradley_terry_loss
 from affinage.recipes.preference_common import MetricSums, validate_sections
@@ -169,6 +169,7 @@ def train(cfg: RewardConfig) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                release_host_memory(accelerator.device)
                 done = step + 1
 
                 window_pairs += n_global

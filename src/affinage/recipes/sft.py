@@ -29,7 +29,7 @@ from affinage.engine.checkpoint import latest_checkpoint, load_checkpoint, save_
 from affinage.engine.metrics import MetricLogger
 from affinage.engine.optim import build_optimizer, build_scheduler
 from affinage.engine.progress import console, progress_bar
-from affinage.engine.runtime import make_accelerator, prepare_run_dir, seed_everything
+from affinage.engine.runtime import make_accelerator, prepare_run_dir, release_host_memory, seed_everything
 from affinage.errors import ConfigError
 from affinage.losses.sft import shifted_targets, token_cross_entropy_sum, trainable_positions
 from affinage.utils.fs import atomic_write_text
@@ -148,6 +148,7 @@ def train(cfg: SFTConfig) -> Path:
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                release_host_memory(accelerator.device)
                 done = step + 1
 
                 window_tokens += sum(len(data.train[i].input_ids) for i in global_batch)
