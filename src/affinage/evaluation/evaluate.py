@@ -30,6 +30,7 @@ from typing import Any, Literal
 from affinage.config import DType, dump_yaml
 from affinage.errors import ConfigError, DataError
 from affinage.evaluation import metrics as M
+from affinage.evaluation.prompting import BuiltPrompt, Prompter, PromptingConfig
 from affinage.utils.fs import atomic_write_text
 
 SetType = Literal["auto", "generation", "multiple_choice", "text"]
@@ -57,6 +58,9 @@ class EvalModelConfig:
     """Its name in tables and in metric keys (default: derived from ``name``)."""
     chat_template: str | None = None
     """Named template or Jinja string, for base models without one."""
+    prompting: PromptingConfig = field(default_factory=PromptingConfig)
+    """How the model is prompted: zero-shot (default), few-shot or retrieval-augmented; list one
+    checkpoint several times to compare prompt-engineering baselines with fine-tuned models."""
 
 
 @dataclass
@@ -151,6 +155,7 @@ class EvalConfig:
         labels = self.labels()
         for i, m in enumerate(self.models):
             check(bool(m.name), f"models[{i}].name", "is empty; give an alias, a directory or a hub id")
+            m.prompting.validate(f"models[{i}].prompting")
         dupes = sorted({x for x in labels if labels.count(x) > 1})
         check(not dupes, "models", f"labels must be unique; repeated: {', '.join(dupes)} (set models[i].label)")
         check(bool(self.sets) or bool(self.lm_eval.tasks), "sets", "needs at least one set (or lm_eval.tasks)")
@@ -167,6 +172,11 @@ class EvalConfig:
                 check(bool(self.judge.model), "judge.model", f"is needed by sets[{i}].metrics=judge")
         dupes = sorted({x for x in names if names.count(x) > 1})
         check(not dupes, "sets", f"names must be unique; repeated: {', '.join(dupes)} (set sets[i].name)")
+        prompted = [i for i, m in enumerate(self.models) if not m.prompting.is_default()]
+        plain = [i for i, s in enumerate(self.sets) if s.template == "plain"]
+        check(not (prompted and plain), f"models[{prompted[0] if prompted else 0}].prompting",
+              f"builds chat prompts, but sets[{plain[0] if plain else 0}] scores raw text (template: plain); "
+              "evaluate the prompted models on chat-template sets, or in a config of their own")
         check(self.batch_size >= 1, "batch_size", "must be at least 1")
         check(self.max_length >= 8, "max_length", "must be at least 8")
         check(self.generation.max_new_tokens >= 1, "generation.max_new_tokens", "must be at least 1")
@@ -187,7 +197,12 @@ class EvalConfig:
         check(self.lm_eval.batch_size >= 1, "lm_eval.batch_size", "must be at least 1")
 
     def labels(self) -> list[str]:
-        return [m.label or _default_label(m.name) for m in self.models]
+        """Each model's label: ``label``, else derived from ``name`` (``-few-shot``, ``-rag``... appended
+        for a prompted model, so that one checkpoint can be listed once per way of prompting it)."""
+        return [
+            m.label or _default_label(m.name) + ("" if m.prompting.is_default() else "-" + m.prompting.mode.replace("_", "-"))
+            for m in self.models
+        ]
 
 
 def _check(condition: Any, key: str, message: str) -> None:
@@ -356,9 +371,11 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     for model_cfg, label in zip(cfg.models, labels, strict=True):
         t0 = time.perf_counter()
         model, tokenizer = _load(model_cfg, cfg.dtype)
-        console.print(f"[bold]eval[/] {label} ({model_cfg.name}) on {len(sets)} set(s)")
+        how = model_cfg.prompting.describe()
+        console.print(f"[bold]eval[/] {label} ({model_cfg.name}{'; ' + how if how else ''}) on {len(sets)} set(s)")
+        prompter = None if model_cfg.prompting.is_default() else Prompter(model_cfg.prompting, output_dir=out, console=console)
         for s in sets:
-            per_example[s.name][label] = _evaluate_set(model, tokenizer, s, cfg)
+            per_example[s.name][label] = _evaluate_set(model, tokenizer, s, cfg, prompter)
         del model
         gc.collect()
         timings[label] = round(time.perf_counter() - t0, 2)
@@ -374,7 +391,10 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         timings["judge"] = round(time.perf_counter() - t0, 2)
 
     results: dict[str, Any] = {
-        "models": [{"label": label, "name": m.name} for m, label in zip(cfg.models, labels, strict=True)],
+        "models": [
+            {"label": label, "name": m.name, **({"prompting": m.prompting.describe()} if not m.prompting.is_default() else {})}
+            for m, label in zip(cfg.models, labels, strict=True)
+        ],
         "baseline": baseline if cfg.win_rate.reward_model else None,
         "sets": {},
     }
@@ -443,18 +463,35 @@ def _load(model_cfg: EvalModelConfig, dtype: str):
     return model, tokenizer
 
 
-def _evaluate_set(model: Any, tokenizer: Any, s: EvalSet, cfg: EvalConfig) -> dict[str, list[Any]]:
-    """Per-example values of one model on one set: answers, scores, NLL sums and token counts."""
+def _evaluate_set(
+    model: Any, tokenizer: Any, s: EvalSet, cfg: EvalConfig, prompter: Prompter | None = None
+) -> dict[str, list[Any]]:
+    """Per-example values of one model on one set: answers, scores, NLL sums and token counts.
+
+    With a ``prompter`` (a few-shot, retrieval-augmented or system-prompted baseline) every prompt is
+    built by it, and the same prompt serves generation, perplexity and multiple-choice scoring.
+    """
     from affinage.data.formats import Example
     from affinage.data.tokenize import tokenize_example
 
     values: dict[str, list[Any]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    built: list[BuiltPrompt] | None = None
+    if prompter is not None and s.type != "text":
+        prompts = (
+            [[{"role": "user", "content": e.question or ""}] for e in s.examples]
+            if s.type == "multiple_choice" else [e.prompt or [] for e in s.examples]
+        )
+        built = prompter.build_all(prompts, default_system=s.config.system_prompt)
+        if prompter.cfg.mode == "few_shot":
+            values["shots"] = [b.shots for b in built]
+        if prompter.cfg.mode == "rag":
+            values["retrieved"] = [b.retrieved for b in built]
     if s.type == "multiple_choice":
         items = [M.MultipleChoiceItem(e.question or "", e.choices or [], e.answer or 0) for e in s.examples]
         lls = M.multiple_choice_loglikelihoods(
             model, tokenizer, items, template=s.config.template, system_prompt=s.config.system_prompt,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.batch_size, contexts=[b.messages for b in built] if built is not None else None,
         )
         raw, norm = M.multiple_choice_predictions(lls, [i.choices for i in items])
         values["loglikelihoods"] = lls
@@ -463,14 +500,19 @@ def _evaluate_set(model: Any, tokenizer: Any, s: EvalSet, cfg: EvalConfig) -> di
         values["correct_norm"] = [float(p == i.answer) for p, i in zip(norm, items, strict=True)]
         return values
 
-    system_prompt = s.config.system_prompt
+    # A built prompt already holds its system message.
+    system_prompt = s.config.system_prompt if built is None else None
+    prompts = [b.messages for b in built] if built is not None else [e.prompt or [] for e in s.examples]
     if "perplexity" in s.metrics:
         rows = []
-        for e in s.examples:
+        for e, prompt in zip(s.examples, prompts, strict=True):
             ex = Example(text=e.text) if s.type == "text" else Example(
-                messages=[*(e.prompt or []), {"role": "assistant", "content": e.reference or ""}]
+                messages=[*prompt, {"role": "assistant", "content": e.reference or ""}]
             )
-            tok = tokenize_example(tokenizer, ex, max_length=cfg.max_length, system_prompt=system_prompt, where=s.name)
+            # Only the reference is scored, not the assistant turns of the prompt (few-shot examples,
+            # earlier answers of a multi-turn conversation).
+            tok = tokenize_example(tokenizer, ex, max_length=cfg.max_length, system_prompt=system_prompt, where=s.name,
+                                   first_trained_message=len(prompt) if s.type != "text" else 0)
             rows.append((tok.input_ids, tok.labels) if not isinstance(tok, str) else ([pad], [M.IGNORE_INDEX]))
         scored = M.sequence_logprobs(model, rows, pad_token_id=pad, batch_size=cfg.batch_size)
         values["nll"] = [-lp for lp, _ in scored]
@@ -480,7 +522,7 @@ def _evaluate_set(model: Any, tokenizer: Any, s: EvalSet, cfg: EvalConfig) -> di
 
         options = GenerationOptions(max_new_tokens=cfg.generation.max_new_tokens, temperature=0.0)
         answers = generate(
-            model, tokenizer, [e.prompt for e in s.examples], options,
+            model, tokenizer, prompts, options,
             batch_size=cfg.generation.batch_size, system_prompt=system_prompt, progress=cfg.progress,
         )
         answers = [a.strip() for a in answers]

@@ -277,16 +277,26 @@ def multiple_choice_loglikelihoods(
     template: str = "chat",
     system_prompt: str | None = None,
     batch_size: int = 8,
+    contexts: Sequence[list[dict[str, str]]] | None = None,
 ) -> list[list[float]]:
     """``log p(choice | question)`` summed over each choice's tokens, for every choice of every item.
 
     ``template="chat"``: the question is a user turn rendered with the chat template and each choice
     is the start of the assistant's answer. ``template="plain"``: the question text is continued by
-    ``" " + choice`` (lm-evaluation-harness's ``target_delimiter``), for base models.
+    ``" " + choice`` (lm-evaluation-harness's ``target_delimiter``), for base models. ``contexts``
+    (chat only) gives each item's whole conversation up to the answer instead of its bare question:
+    the prompt of a few-shot or retrieval-augmented baseline.
     """
+    from affinage.data.tokenize import render_chat
+
+    if contexts is not None and (template != "chat" or len(contexts) != len(items)):
+        raise ConfigError("multiple-choice contexts need template 'chat' and one conversation per item")
     rows: list[tuple[list[int], list[int]]] = []
-    for item in items:
-        context = multiple_choice_context(tokenizer, item.question, template=template, system_prompt=system_prompt)
+    for n, item in enumerate(items):
+        if contexts is not None:
+            context = render_chat(tokenizer, contexts[n], add_generation_prompt=True, where="multiple-choice question")
+        else:
+            context = multiple_choice_context(tokenizer, item.question, template=template, system_prompt=system_prompt)
         for choice in item.choices:
             continuation = choice if template == "chat" else " " + choice
             # A chat render already holds the template's BOS; plain text gets none (as lm-eval's HFLM).

@@ -760,7 +760,10 @@ def build_sections(data: ReportData, figs: Figures, max_samples: int) -> list[Se
         labels = [m["label"] for m in results.get("models", [])]
         section = Section(f"eval-{run.name}", "Evaluation" if len(eval_runs) == 1 else f"Evaluation: {run.name}")
         section.blocks.append(
-            "Models: " + "; ".join(f"{m['label']} = {m['name']}" for m in results.get("models", []))
+            "Models: " + "; ".join(
+                f"{m['label']} = {m['name']}" + (f" ({m['prompting']})" if m.get("prompting") else "")
+                for m in results.get("models", [])
+            )
             + ". Each column after the first shows its change from the column before it (green: better)."
         )
         for set_name, entry in results["sets"].items():
