@@ -50,6 +50,40 @@ def test_batched_decode_matches_generate_greedy():
         assert len(mine) == 16 or mine[-1] in eos
 
 
+def test_fast_decode_matches_generate_at_batch_1():
+    """The fast path (lean Llama step, q/k/v and gate/up as one product each, oneDNN products on CPU)
+    gives ``model.generate``'s greedy tokens, 48 of them with no stop token, in fp32.
+
+    One thread: on a machine shared with other jobs two OpenMP threads wait for each other at every
+    product and this test would take minutes. oneDNN splits a product's output rows between threads,
+    so 2 threads give the same bits as 1 (checked on this model's shapes); the batched test above
+    runs at torch's threads."""
+    from affinage.generation import fast_decode
+
+    model = load_model(ALIAS, dtype="float32")
+    tok = load_tokenizer(ALIAS)
+    assert fast_decode.enabled() and fast_decode.lean_step_unsupported(model) is None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _greedy_48_equals_generate(model, tok)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _greedy_48_equals_generate(model, tok):
+    for q in [*QUESTIONS, "How do I reset my password on the cluster, and how long does the new one stay valid?"]:
+        text = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=False)
+        p = tok(text, add_special_tokens=False)["input_ids"]
+        ours = decode_ids(model, [p], SamplingParams(max_new_tokens=48), stop_token_ids=[], pad_token_id=tok.pad_token_id,
+                          batch_size=1).token_ids[0]
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                 max_new_tokens=48, min_new_tokens=48, do_sample=False, eos_token_id=None,
+                                 pad_token_id=tok.pad_token_id)
+        assert ours == out[0, len(p) :].tolist()
+
+
 def test_one_grpo_step_of_the_example(tmp_path):
     from affinage.recipes.grpo import GRPOConfig, train
 

@@ -14,7 +14,10 @@ each new token reads every weight once, so the best possible speed is bandwidth 
 * prefills each distinct prompt once and repeats its cache ``n`` times for ``n`` samples per prompt;
 * samples with its own ``torch.Generator`` (a seed reproduces the samples without touching the
   caller's random state) and checks stop tokens with tensor operations, stop strings on a short
-  window of decoded text.
+  window of decoded text;
+* runs the decode steps of Llama-style models (LoRA included) with a lean step and, on CPU in
+  fp32, oneDNN's matrix-vector kernel, which streams the weights faster than MKL's and on every
+  thread (:mod:`affinage.generation.fast_decode`; ``AFFINAGE_FAST_DECODE=0`` turns it off).
 
 Prompts are padded on the left so that every row's next token sits in the same column; padding is
 masked out and the positions count from each row's first real token, so a prompt gives the same
@@ -36,6 +39,7 @@ from typing import Any
 import torch
 
 from affinage.errors import ConfigError, DataError
+from affinage.generation import fast_decode
 
 # Attention implementations that accept the boolean / additive 4-D mask built here.
 _MASKED_ATTENTION = ("sdpa", "eager")
@@ -298,9 +302,21 @@ def _stop_string_checker(tokenizer: Any, stop: Sequence[str]) -> Callable[[list[
     return hit
 
 
+def _decode_steps(model: Any, *args: Any, **kwargs: Any) -> Iterator[tuple[list[int], list[int]]]:
+    """:func:`_decode_batch_steps` with the faster linear kernels of :mod:`affinage.generation.fast_decode`
+    routed in while it runs, and removed when it ends or the caller closes it."""
+    base = _base_model(model)
+    kernels = fast_decode.LinearKernels(base) if fast_decode.enabled() else None
+    try:
+        return (yield from _decode_batch_steps(base, *args, kernels=kernels, **kwargs))
+    finally:
+        if kernels is not None:
+            kernels.close()
+
+
 @torch.inference_mode()
-def _decode_steps(
-    model: Any,
+def _decode_batch_steps(
+    base: Any,
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     *,
@@ -310,6 +326,7 @@ def _decode_steps(
     generator: torch.Generator | None,
     stop_hit: Callable[[list[int]], bool] | None,
     compact: bool,
+    kernels: fast_decode.LinearKernels | None = None,
 ) -> Iterator[tuple[list[int], list[int]]]:
     """Decode ``n`` samples of each prompt of one batch, as a generator.
 
@@ -318,7 +335,6 @@ def _decode_steps(
     token each chose. Returns (through ``StopIteration.value``) the tokens of every row, whether
     each finished, and whether a stop string finished it.
     """
-    base = _base_model(model)
     device = next(base.parameters()).device
     config = base.config
     text_config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
@@ -346,11 +362,18 @@ def _decode_steps(
     allowed = causal[None, None] & prompt_mask[:, None, None, :]  # [B0, 1, P, P]
     allowed |= torch.eye(width, dtype=torch.bool, device=device)[None, None]
     positions = (prompt_mask.long().cumsum(-1) - 1).clamp_(min=0)  # [B0, P]
-    out = base(
-        input_ids=input_ids, attention_mask=as_mask(allowed), position_ids=positions,
-        use_cache=True, logits_to_keep=1, **{cache_arg: cache},
-    )
+    with kernels.active() if kernels else contextlib.nullcontext():
+        out = base(
+            input_ids=input_ids, attention_mask=as_mask(allowed), position_ids=positions,
+            use_cache=True, logits_to_keep=1, **{cache_arg: cache},
+        )
     logits = out.logits[:, -1, :].float().repeat_interleave(n, dim=0)  # [B, V]
+    del out
+    # Llama-style models decode with the lean step; others with their forward (and the kernels).
+    lean = None
+    if kernels is not None and fast_decode.lean_step_unsupported(base) is None:
+        lean = fast_decode.LeanStep(base)
+    padded = not bool(prompt_mask.all())  # without padding every row sees every key: no mask
 
     # ---- per-row state, preallocated
     visible = torch.zeros(batch, length, dtype=torch.bool, device=device)  # [B, L] keys a row sees
@@ -409,14 +432,19 @@ def _decode_steps(
                 )
         column = width + step
         visible[:, column] = True
-        out = base(
-            input_ids=chosen.masked_fill(done, pad_id)[:, None],
-            attention_mask=as_mask(visible[:, None, None, : column + 1]),
-            position_ids=next_position[:, None],
-            use_cache=True, logits_to_keep=1, **{cache_arg: cache},
-        )
+        step_ids = chosen.masked_fill(done, pad_id)  # [b]
+        if lean is not None:
+            logits = lean(step_ids, next_position, cache, visible[:, : column + 1] if padded else None)  # [b, V]
+        else:
+            with kernels.active() if kernels else contextlib.nullcontext():
+                out = base(
+                    input_ids=step_ids[:, None],
+                    attention_mask=as_mask(visible[:, None, None, : column + 1]),
+                    position_ids=next_position[:, None],
+                    use_cache=True, logits_to_keep=1, **{cache_arg: cache},
+                )
+            logits = out.logits[:, -1, :].float()  # [b, V]
         next_position += 1
-        logits = out.logits[:, -1, :].float()  # [b, V]
 
     all_tokens = tokens.tolist()
     return [all_tokens[i][: lengths[i]] for i in range(batch)], finished, by_string
