@@ -51,6 +51,7 @@ COMMAND_MODULES = [
     "affinage.commands.preference",
     "affinage.commands.rl",
     "affinage.commands.safety",
+    "affinage.commands.plan",
 ]
 
 

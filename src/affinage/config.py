@@ -210,6 +210,7 @@ class SFTConfig:
 # own modules and reuse the sections above).
 STAGE_CONFIGS: dict[str, str] = {
     "sft": "affinage.config:SFTConfig",
+    "sweep": "affinage.planning.sweep:SweepConfig",
     "curate": "affinage.curation.config:CurateConfig",
     "eval": "affinage.evaluation.evaluate:EvalConfig", "report": "affinage.evaluation.report:ReportConfig", "export": "affinage.pipeline_stages:ExportStageConfig", "pipeline": "affinage.pipeline:PipelineConfig",
     "dpo": "affinage.recipes.dpo:DPOConfig", "rm": "affinage.recipes.reward:RewardConfig",

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from affinage.errors import ConfigError
+
+_OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextlib.contextmanager
+def observe_metrics(callback: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Call ``callback(row)`` after each row any :class:`MetricLogger` of this process writes.
+
+    The sweep uses it to report intermediate values to a pruner; an exception raised by the
+    callback propagates out of the recipe's loop (that is how a pruned trial stops).
+    """
+    _OBSERVERS.append(callback)
+    try:
+        yield
+    finally:
+        _OBSERVERS.remove(callback)
 
 
 class MetricLogger:
@@ -57,6 +75,8 @@ class MetricLogger:
             self._tb.flush()
         if self._mlflow is not None:
             self._mlflow.log_metrics({f"{prefix}/{k}": v for k, v in scalars.items() if math.isfinite(v)}, step=step)
+        for observer in list(_OBSERVERS):
+            observer(clean)
 
     def close(self) -> None:
         if self._tb is not None:
