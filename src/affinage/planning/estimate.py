@@ -28,8 +28,10 @@ over rows of (row length)^2):
   ``12 L d seq`` per token for attention (Chowdhery et al. 2022, "PaLM", Appendix B);
 * frozen backbone (LoRA, DoRA, prompt tuning, freeze): the weights need no gradient, the activations
   still do: ``4 N`` per token, plus ``6 N_adapter`` for LoRA's own products (DoRA adds the weight norm
-  of W + BA: ``6 r sum(in x out)`` per pass); prompt tuning runs every row ``num_virtual_tokens``
-  longer; freeze adds ``2 N_trainable`` per token for the weight gradients it keeps;
+  of W + BA: ``4 r sum(in x out)`` per pass); prompt tuning runs every row ``num_virtual_tokens``
+  longer; LoRA skips layer 0's query/key/value input gradients (their input is the frozen
+  embeddings'); freeze runs the backward only down to its lowest trained layer and adds
+  ``2 N_trainable`` per token for the weight gradients it keeps (an upper bound within that layer);
 * gradient checkpointing runs the forward of the layers a second time;
 * references (DPO, RL) and evaluation are forward passes; a precomputed DPO reference is one forward
   pass over the data before training.
@@ -296,7 +298,8 @@ def meta_model(model_cfg: Any, *, reward: bool = False) -> Any:
         raise ModelError(f"cannot read the config of model '{model_cfg.name}': {exc}") from exc
     with torch.device("meta"):
         if reward:
-            return AutoModelForSequenceClassification.from_config(config, num_labels=1, **kwargs)
+            config.num_labels = 1  # a scalar score head, as the reward recipe loads it
+            return AutoModelForSequenceClassification.from_config(config, **kwargs)
         return AutoModelForCausalLM.from_config(config, **kwargs)
 
 
@@ -992,7 +995,7 @@ def _rm(ctx: _Context) -> EstimateReport:
         methods.append(_finish(ctx, _label(label, adapter_cfg), t, configured, "-", flops, steps, memory))
     return EstimateReport(
         config="", stage="rm", model={}, hardware={}, steps=steps, constants={}, methods=methods,
-        data=_data_summary(rows, scale, len(train), len(val), tokens, tokens, steps, mean_tokens_per_step=mean.tokens,
+        data=_data_summary(rows, scale, len(train), len(val), tokens, 0, steps, mean_tokens_per_step=mean.tokens,
                            world=world, arch=ctx.arch, processed_key="tokens processed (with padding)"),
         notes=_sample_note(scale),
     )
