@@ -15,6 +15,8 @@ tools, no second copy of the weights). Measured, each in its own child process:
 * ``TRL``: ``trl.DPOTrainer`` (``precompute_ref_log_probs=False``);
 * ``affinage SFT``: LoRA SFT on the same sequences (the 8 chosen and rejected conversations of each
   step as one batch), the memory yardstick for the cached run;
+* ``affinage full`` (not in the default list): full fine-tuning with a frozen reference copy of
+  the weights, the variant that needs the most memory;
 * ``affinage low-mem``: the live run with ``MALLOC_MMAP_THRESHOLD_=1048576`` in its environment:
   glibc then maps every block of 1 MiB or more afresh and unmaps it when freed, so activations
   freed at one step cannot fragment the heap of the next (lower peak, page faults cost CPU time).
@@ -24,6 +26,10 @@ A step's time is the wall time from the end of the previous optimizer step to th
 timed steps. Peak resident memory is each child's ``VmHWM``. Saving is left out of all of them.
 Targets (issue 3): affinage >= 1.3x TRL's pairs/s and <= 0.8x its peak memory; cached peak memory
 within 10% of LoRA SFT on the same lengths.
+
+``--estimate`` adds what ``affinage estimate`` predicts for each affinage DPO run of the table (the
+same config; the machine's matmul rate and bandwidth measured in this process, with the runs'
+thread count) beside what was measured: seconds per step and peak memory, and their errors.
 """
 
 from __future__ import annotations
@@ -55,9 +61,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "examples" / "data" / "preferences" / "helpdesk_train.jsonl"
 LEARNING_RATE = 5e-5
 BETA = 0.1
-VARIANTS = ("affinage", "affinage-cached", "trl", "sft", "affinage-lowmem")
+VARIANTS = ("affinage", "affinage-cached", "trl", "sft", "affinage-lowmem", "affinage-full")
+DEFAULT_VARIANTS = VARIANTS[:-1]
 LABELS = {"affinage": "affinage", "affinage-cached": "affinage cached", "trl": "TRL 1.16", "sft": "affinage SFT",
-          "affinage-lowmem": "affinage low-mem"}
+          "affinage-lowmem": "affinage low-mem", "affinage-full": "affinage full"}
 LOW_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
 
 
@@ -141,14 +148,35 @@ def _cpu_clock(module: Any) -> list[float]:
     return ends
 
 
-def child_affinage(args: argparse.Namespace, work: Path, cached: bool) -> dict[str, Any]:
+def affinage_config(args: argparse.Namespace, data_file: str, work: Path, variant: str) -> Any:
+    """The DPO config of an affinage variant: LoRA with the adapter switched off as the reference
+    (cached: reference log-probs precomputed), or full weights with a frozen reference copy."""
     import affinage.recipes.dpo as dpo
     from affinage.config import AdapterConfig, ModelConfig, RunConfig, TrainConfig
     from affinage.data.preference import PreferenceDataConfig
 
+    adapter = (AdapterConfig(method="full") if variant == "affinage-full" else
+               AdapterConfig(method="lora", r=16, alpha=32, dropout=0.0, target_modules=["all-linear"]))
+    cfg = dpo.DPOConfig(
+        model=ModelConfig(name=MODEL, dtype="float32", attn_implementation="sdpa", gradient_checkpointing=False),
+        adapter=adapter,
+        data=PreferenceDataConfig(train=[data_file], max_length=1024),
+        train=TrainConfig(lr=LEARNING_RATE, scheduler="constant", max_steps=args.warmup + args.steps,
+                          batch_size=args.batch_size, grad_accum=1, max_grad_norm=1.0, seed=args.seed),
+        run=RunConfig(output_dir=str(work / "run"), log_every=1, progress=False),
+        loss="dpo", beta=BETA, precompute_reference=variant == "affinage-cached",
+        reference_cache_dir=str(work / "cache"),
+    )
+    cfg.validate()
+    return cfg
+
+
+def child_affinage(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import affinage.recipes.dpo as dpo
+
     _no_saving()
     precompute = {"s": 0.0}
-    if cached:
+    if args.variant == "affinage-cached":
         real = dpo.cached_reference_logps
 
         def timed(*a, **k):
@@ -158,16 +186,7 @@ def child_affinage(args: argparse.Namespace, work: Path, cached: bool) -> dict[s
             return out
 
         dpo.cached_reference_logps = timed
-    cfg = dpo.DPOConfig(
-        model=ModelConfig(name=MODEL, dtype="float32", attn_implementation="sdpa", gradient_checkpointing=False),
-        adapter=AdapterConfig(method="lora", r=16, alpha=32, dropout=0.0, target_modules=["all-linear"]),
-        data=PreferenceDataConfig(train=[args.data_file], max_length=1024),
-        train=TrainConfig(lr=LEARNING_RATE, scheduler="constant", max_steps=args.warmup + args.steps,
-                          batch_size=args.batch_size, grad_accum=1, max_grad_norm=1.0, seed=args.seed),
-        run=RunConfig(output_dir=str(work / "run"), log_every=1, progress=False),
-        loss="dpo", beta=BETA, precompute_reference=cached, reference_cache_dir=str(work / "cache"),
-    )
-    cfg.validate()
+    cfg = affinage_config(args, args.data_file, work, args.variant)  # low-mem: the live run, env only
     cpu = _cpu_clock(dpo)
     cpu_start = time.process_time()
     dpo.train(cfg)
@@ -263,7 +282,7 @@ def child_main(args: argparse.Namespace) -> None:
         elif args.variant == "sft":
             result = child_sft(args, work)
         else:
-            result = child_affinage(args, work, cached=args.variant == "affinage-cached")  # low-mem: env only
+            result = child_affinage(args, work)
     write_result(args.result, {**result, "variant": args.variant})
 
 
@@ -277,7 +296,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per measurement (default 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before them (default 1)")
     p.add_argument("--repeats", type=int, default=1, help="repeat the measurements, alternating the order")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from: {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all but affinage-full)")
+    p.add_argument("--estimate", action="store_true",
+                   help="also print affinage estimate's time per step and peak memory beside the measured ones")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step (default 4)")
     p.add_argument("--side-tokens", type=int, default=150, help="tokens per side, prompt included (default 150)")
     p.add_argument("--seed", type=int, default=0)
@@ -296,6 +318,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
         p.error("--steps, --warmup and --repeats must be at least 1")
     return args
+
+
+def compare_estimates(args: argparse.Namespace, summary: dict[str, dict[str, float]], console: Any) -> dict[str, Any]:
+    """``affinage estimate`` of each affinage DPO run beside its measured time per step and peak memory."""
+    import torch
+
+    from affinage.data.io import write_jsonl
+    from affinage.models import load_tokenizer
+    from affinage.planning.estimate import EstimateOptions, detect_hardware, estimate_config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = [v for v in ("affinage", "affinage-cached", "affinage-full") if v in summary]
+    if not runs:
+        return {}
+    hardware = detect_hardware(torch.float32, EstimateOptions())
+    pairs, _ = make_pairs(load_tokenizer(MODEL), max((args.warmup + args.steps) * args.batch_size, 16),
+                          args.side_tokens, args.seed)
+    rows, out = [], {}
+    with tempfile.TemporaryDirectory(prefix="affinage-bench-") as tmp:
+        data_file = Path(tmp) / "pairs.jsonl"
+        write_jsonl(data_file, pairs)
+        for variant in runs:
+            report = estimate_config(affinage_config(args, str(data_file), Path(tmp), variant), hardware=hardware)
+            est = next(m for m in report.methods if m.configured)
+            step_s, peak = est.time_s["per_step"], est.peak_memory_bytes / GIB
+            measured = summary[variant]
+            out[variant] = {"label": est.label, "reference": est.reference, "step_s": step_s, "peak_gib": peak}
+            rows.append([LABELS[variant], f"{est.label}, reference {est.reference}",
+                         f"{step_s:.1f}", f"{measured['step_s']:.1f}", f"{step_s / measured['step_s'] - 1:+.0%}",
+                         f"{peak:.2f}", f"{measured['peak_rss_gib']:.2f}", f"{peak / measured['peak_rss_gib'] - 1:+.0%}"])
+    print_table("affinage estimate against these runs", ["run", "estimated as", "s/step est.", "measured", "error",
+                                                         "peak GiB est.", "measured", "error"], rows,
+                caption=(f"estimate from a {hardware.matmul_flops / 1e9:.0f} GFLOP/s fp32 matmul rate and "
+                         f"{hardware.bandwidth / 1e9:.1f} GB/s copy bandwidth measured just now "
+                         f"({hardware.threads} threads, load average {hardware.load_average}); target: within 25%."))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -362,14 +421,17 @@ def main(argv: list[str] | None = None) -> None:
     trl = summary.get("trl")
     for variant in args.variants:
         s = summary[variant]
-        speed = f"{s['pairs_per_s'] / trl['pairs_per_s']:.2f}x" if trl and variant != "sft" else ""
-        cpu_speed = f"{s['pairs_per_cpu_s'] / trl['pairs_per_cpu_s']:.2f}x" if trl and variant != "sft" else ""
-        memory = f"{s['peak_rss_gib'] / trl['peak_rss_gib']:.2f}x" if trl else ""
+        comparable = trl and variant not in ("sft", "affinage-full")  # both LoRA DPO
+        speed = f"{s['pairs_per_s'] / trl['pairs_per_s']:.2f}x" if comparable else ""
+        cpu_speed = f"{s['pairs_per_cpu_s'] / trl['pairs_per_cpu_s']:.2f}x" if comparable else ""
+        memory = f"{s['peak_rss_gib'] / trl['peak_rss_gib']:.2f}x" if comparable else ""
         extra = f"reference: {s['precompute_s']:.0f} s once" if variant == "affinage-cached" else ""
         if variant == "affinage-cached" and "sft" in summary:
             extra += f"; memory {s['peak_rss_gib'] / summary['sft']['peak_rss_gib']:.2f}x LoRA SFT"
         if variant == "affinage-lowmem":
             extra = "MALLOC_MMAP_THRESHOLD_=1048576"
+        if variant == "affinage-full":
+            extra = "full weights, frozen reference copy"
         rows.append([LABELS[variant], f"{s['pairs_per_s']:.3f}", f"{s['step_s']:.1f}", f"{s['step_cpu_s']:.1f}",
                      f"{s['peak_rss_gib']:.2f}", speed, cpu_speed, memory, extra])
     print_table(
@@ -382,8 +444,10 @@ def main(argv: list[str] | None = None) -> None:
                  f"<= 0.8x its memory; cached within 1.1x of LoRA SFT memory. Load average {load_before} before, "
                  f"{load_after} after (other work on the machine slows every run)."),
     )
+    estimates = compare_estimates(args, summary, console) if args.estimate else {}
     if args.json:
         write_result(args.json, {"model": MODEL, "machine": info, "load_average": [load_before, load_after],
+                                 "estimates": estimates,
                                  "settings": {k: getattr(args, k) for k in ("steps", "warmup", "repeats", "batch_size",
                                                                             "side_tokens", "seed")},
                                  "summary": summary, "measurements": results, "wall_s": time.perf_counter() - started})

@@ -527,6 +527,12 @@ def build_classifier(cfg: ClassifierConfig, model: Any = None, tokenizer: Any = 
     if cfg.model is not None:
         from affinage.models.loading import load_model, load_tokenizer
 
+        if is_trained_classifier(cfg.model):
+            raise ConfigError(
+                f"classifier.model {cfg.model} is a trained classifier, but classifier.kind is "
+                "'self_reflection', which needs a chat model; set classifier.kind=trained, or "
+                "classifier.model=null to let the guarded model judge itself"
+            )
         tokenizer = load_tokenizer(cfg.model, chat_template=cfg.chat_template)
         model = load_model(cfg.model, dtype=cfg.dtype)
     elif model is None or tokenizer is None:
