@@ -346,7 +346,7 @@ def compare_estimates(args: argparse.Namespace, summary: dict[str, dict[str, flo
             step_s, peak = est.time_s["per_step"], est.peak_memory_bytes / GIB
             measured = summary[variant]
             out[variant] = {"label": est.label, "reference": est.reference, "step_s": step_s, "peak_gib": peak}
-            rows.append([LABELS[variant], f"{est.label}, reference {est.reference}",
+            rows.append([LABELS[variant], est.label,
                          f"{step_s:.1f}", f"{measured['step_s']:.1f}", f"{step_s / measured['step_s'] - 1:+.0%}",
                          f"{peak:.2f}", f"{measured['peak_rss_gib']:.2f}", f"{peak / measured['peak_rss_gib'] - 1:+.0%}"])
     print_table("affinage estimate against these runs", ["run", "estimated as", "s/step est.", "measured", "error",
