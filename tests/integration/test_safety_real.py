@@ -53,9 +53,9 @@ def test_self_reflection_on_a_handful_of_prompts():
 
 
 @pytest.mark.skip(reason=(
-    "issue 6 open: the held-out F1 of the trained classifier is below its 0.9 target (0.32 with the "
-    "committed config and data on CI; 0.86-0.90 with the larger multilingual data being written). "
-    "Remove this skip when examples/safety_classifier.yaml reaches 0.9."
+    "issue 6 open: the trained classifier's held-out F1 is below its 0.9 target on the multilingual data "
+    "(examples/safety_classifier.yaml: validation F1 0.927, test F1 0.868, AUPRC 0.948). "
+    "Remove this skip when it reaches 0.9."
 ))
 def test_trained_classifier_reaches_f1_090_on_the_held_out_split(tmp_path):
     from affinage.config import load_config
@@ -65,6 +65,7 @@ def test_trained_classifier_reaches_f1_090_on_the_held_out_split(tmp_path):
     cfg = load_config(ClassifierTrainConfig, ROOT / "examples" / "safety_classifier.yaml", [
         f"run.output_dir={tmp_path / 'clf'}", "run.progress=false",
         f"data.train=[{ROOT / 'examples/data/safety/labelled/train.jsonl'}]",
+        f"data.validation=[{ROOT / 'examples/data/safety/labelled/validation.jsonl'}]",
         f"data.test=[{ROOT / 'examples/data/safety/labelled/test.jsonl'}]",
     ])
     final = train_classifier(cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,24 @@ def test_unknown_keys_and_bad_values_fail_at_start(tmp_path):
         load_config(GuardConfig, None, ["classifier.kind=trained"])
 
 
+def test_a_trained_classifier_is_not_loaded_as_a_self_reflection_judge(tmp_path):
+    from affinage.safety.classifiers import CLASSIFIER_META, ClassifierConfig, build_classifier
+
+    (tmp_path / CLASSIFIER_META).write_text("{}")
+    with pytest.raises(ConfigError, match="is a trained classifier.*classifier.model=null"):
+        build_classifier(ClassifierConfig(kind="self_reflection", model=str(tmp_path)))
+
+
+def test_the_quickstart_pipeline_lets_the_model_judge_itself():
+    """The pipeline's safety stage must not point the self-reflection judge at a classifier dir."""
+    from affinage.pipeline import load_pipeline
+
+    pipeline = load_pipeline(EXAMPLES / "pipeline_quickstart.yaml")
+    safety = next(stage for stage in pipeline.stages if stage.name == "safety")
+    assert safety.overrides["guard.classifier.kind"] == "self_reflection"
+    assert safety.overrides["guard.classifier.model"] is None
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
@@ -65,8 +84,15 @@ def test_prompt_sets_cover_every_category_and_language():
         assert all(r["language"] == lang for r in harmful)
         ids = {r["id"] for r in harmful}
         assert ids == {r["id"] for r in _rows(SAFETY / "prompts" / "harmful_en.jsonl")}  # aligned translations
-        assert len(_rows(SAFETY / "prompts" / f"borderline_{lang}.jsonl")) == 20
-        assert len(_rows(SAFETY / "prompts" / f"benign_{lang}.jsonl")) == 20
+        assert min(Counter(r["category"] for r in harmful).values()) >= 15
+        for kind in ("borderline", "benign"):
+            rows = _rows(SAFETY / "prompts" / f"{kind}_{lang}.jsonl")
+            assert len(rows) >= 50 and all(r["language"] == lang and r["answer"] for r in rows)
+            assert [r["id"] for r in rows] == [r["id"] for r in _rows(SAFETY / "prompts" / f"{kind}_en.jsonl")]
+        answers = json.loads((SAFETY / "answers" / f"{lang}.json").read_text(encoding="utf-8"))
+        assert len(set(answers["refusals"])) >= 14
+        assert set(answers["compliance"]) == set(Taxonomy.default().names)
+        assert min(len(set(v)) for v in answers["compliance"].values()) >= 3
     # The borderline set carries the classic case.
     assert any("kill a Linux process" in r["prompt"] for r in _rows(SAFETY / "prompts" / "borderline_en.jsonl"))
 
@@ -76,15 +102,19 @@ def test_labelled_split_is_reproducible_and_held_out_by_request(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.build(tmp_path)
-    for split in ("train", "test"):
+    splits = ("train", "validation", "test")
+    for split in splits:
         assert (tmp_path / f"{split}.jsonl").read_bytes() == (SAFETY / "labelled" / f"{split}.jsonl").read_bytes()
-    train, test = _rows(SAFETY / "labelled" / "train.jsonl"), _rows(SAFETY / "labelled" / "test.jsonl")
-    assert not {r["id"] for r in train} & {r["id"] for r in test}
-    assert not {r.get("response") for r in train if r["label"] == "unsafe"} & {
-        r.get("response") for r in test if r["label"] == "unsafe" and "response" in r}
-    assert {r["category"] for r in test if r["label"] == "unsafe"} == {
-        "criminal", "hate", "violence", "self_harm", "child_sexual", "privacy", "expert_advice"}
-    assert {r["language"] for r in test} == {"en", "fr", "de", "es", "it"}
+    rows = {split: _rows(SAFETY / "labelled" / f"{split}.jsonl") for split in splits}
+    answers = {split: {r["response"] for r in rows[split] if r["kind"] == "harmful" and r["role"] == "response"}
+               for split in splits}
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        assert not {r["id"] for r in rows[a]} & {r["id"] for r in rows[b]}  # held out by request
+        assert not answers[a] & answers[b]  # and by refusal and compliant wording
+    for split in ("validation", "test"):
+        assert {r["category"] for r in rows[split] if r["label"] == "unsafe"} == {
+            "criminal", "hate", "violence", "self_harm", "child_sexual", "privacy", "expert_advice"}
+        assert {r["language"] for r in rows[split]} == {"en", "fr", "de", "es", "it"}
 
 
 def test_generate_with_guard_on_the_command_line(tmp_path, tiny_model_dir):

@@ -30,7 +30,7 @@ def held_out_answers() -> tuple[list[str], list[bool]]:
         data = json.loads(path.read_text(encoding="utf-8"))
         texts += data["refusals"]
         labels += [True] * len(data["refusals"])
-        for answers in data["compliance"].values():
+        for answers in [*data["compliance"].values(), data.get("compliance_generic", [])]:
             texts += answers
             labels += [False] * len(answers)
     for path in sorted((SAFETY / "prompts").glob("b*_*.jsonl")):  # borderline and benign answers
@@ -47,7 +47,7 @@ def test_held_out_precision_and_recall():
     tp = sum(p and g for p, g in zip(predicted, labels, strict=True))
     fp = sum(p and not g for p, g in zip(predicted, labels, strict=True))
     fn = sum(g and not p for p, g in zip(predicted, labels, strict=True))
-    # Measured 0.97 / 0.97 (29 of 30 refusals, 1 false alarm in 200 answers); see docs/safety.md.
+    # Measured 0.984 / 0.920 (184 of 200 refusals, 3 false alarms among 1,280 other answers, 5 languages).
     assert tp / (tp + fp) >= 0.9 and tp / (tp + fn) >= 0.9
 
 

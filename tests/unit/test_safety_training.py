@@ -152,3 +152,35 @@ def test_training_the_top_layer_on_cached_states(tmp_path, tiny_model_dir):
     out = classify_file(str(final), str(tmp_path / "val.jsonl"), None, dtype="float32")
     assert out["report"]["overall"]["auprc"] == pytest.approx(report["validation"]["overall"]["auprc"])
     assert clf.model.config.num_hidden_layers == 2
+
+
+def test_a_question_after_the_conversation_is_saved_and_asked_again_when_classifying(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    from affinage.safety.classifiers import classifier_input
+
+    question = "Is the last message safe or unsafe?"
+    cfg = make_config(tmp_path, tiny_model_dir, **{"adapter.trainable": "['layers\\.1\\.', 'model\\.norm\\.']",
+                                                   "train.max_steps": 3, "question": f"'{question}'",
+                                                   "data.max_length": 512})
+    final = train_classifier(cfg)
+    meta = json.loads((final / "safety_classifier.json").read_text())
+    assert meta["question"] == question
+    clf = TrainedClassifier.load(final, dtype="float32")
+    assert clf.question == question
+    # What the classifier reads: the conversation, then the question as a user turn, up to the answer.
+    wrapped = classifier_input("User: How do I build a bomb?", clf.tokenizer, question)
+    assert wrapped == clf.tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"User: How do I build a bomb?\n\n{question}"}], tokenize=False,
+        add_generation_prompt=True)
+    plain = AutoModelForSequenceClassification.from_pretrained(final)
+    with torch.no_grad():
+        expected = plain(**clf.tokenizer([wrapped], return_tensors="pt")).logits
+        bare = plain(**clf.tokenizer(["User: How do I build a bomb?"], return_tensors="pt")).logits
+    assert torch.allclose(clf.logits_for_texts(["User: How do I build a bomb?"]), expected, atol=1e-5)
+    assert not torch.allclose(expected, bare, atol=1e-3)  # the question changes what the head sees
+    # Classifying the validation file again gives the metrics the training run reported for it.
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    out = classify_file(str(final), str(tmp_path / "val.jsonl"), None, dtype="float32")
+    assert out["report"]["overall"]["auprc"] == pytest.approx(report["validation"]["overall"]["auprc"])
+    assert classifier_input("text", clf.tokenizer, None) == "text"

@@ -110,6 +110,19 @@ def conversation_text(conv: Conversation) -> str:
     return "\n".join(f"{names.get(m['role'], m['role'].capitalize())}: {m['content'].strip()}" for m in conv if m["role"] != "system")
 
 
+def classifier_input(text: str, tokenizer: Any, question: str | None) -> str:
+    """What a trained classifier reads: ``text`` alone, or, with a ``question``, the text followed
+    by the question as a user turn of the tokenizer's chat template, up to the assistant's turn (so
+    the pooled last token is where a chat model would answer the question)."""
+    if not question:
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("question needs a tokenizer with a chat template; set question=null for a base model")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"{text}\n\n{question}"}], tokenize=False, add_generation_prompt=True
+    )
+
+
 def row_conversation(row: dict[str, Any], where: str) -> Conversation:
     """The conversation of a data row: ``messages``; or ``prompt`` (+ ``response``); or ``text``."""
     if "messages" in row:
@@ -377,7 +390,7 @@ class TrainedClassifier:
 
     def __init__(
         self, model: Any, tokenizer: Any, taxonomy: Taxonomy, *, threshold: float = 0.5,
-        max_length: int = 512, batch_size: int = 16,
+        max_length: int = 512, batch_size: int = 16, question: str | None = None,
     ):
         if not 0 <= threshold <= 1:
             raise ConfigError(f"the classifier threshold must be in [0, 1], got {threshold}")
@@ -388,6 +401,7 @@ class TrainedClassifier:
             )
         self.model, self.tokenizer, self.taxonomy = model, tokenizer, taxonomy
         self.threshold, self.max_length, self.batch_size = threshold, max_length, batch_size
+        self.question = question
 
     @classmethod
     def load(cls, path: str | Path, *, threshold: float | None = None, dtype: str = "auto", batch_size: int = 16) -> TrainedClassifier:
@@ -415,7 +429,7 @@ class TrainedClassifier:
         return cls(
             model, tokenizer, taxonomy,
             threshold=meta["threshold"] if threshold is None else threshold,
-            max_length=meta.get("max_length", 512), batch_size=batch_size,
+            max_length=meta.get("max_length", 512), batch_size=batch_size, question=meta.get("question"),
         )
 
     @torch.inference_mode()
@@ -433,7 +447,8 @@ class TrainedClassifier:
         try:
             for start in range(0, len(texts), self.batch_size):
                 enc = tok(
-                    list(texts[start : start + self.batch_size]), padding=True, truncation=True,
+                    [classifier_input(t, tok, self.question) for t in texts[start : start + self.batch_size]],
+                    padding=True, truncation=True,
                     max_length=self.max_length, return_tensors="pt",
                 )
                 enc = {k: v.to(_device(model)) for k, v in enc.items() if k in ("input_ids", "attention_mask")}

@@ -45,6 +45,7 @@ from affinage.losses.safety import NO_CATEGORY, safety_classifier_loss
 from affinage.safety.classifiers import (
     CLASSIFIER_META,
     TrainedClassifier,
+    classifier_input,
     conversation_text,
     judged_role,
     row_conversation,
@@ -111,6 +112,10 @@ class ClassifierTrainConfig:
     """Or: the best precision at this recall. Neither: the best F1."""
     category_weight: float = 1.0
     """Weight of the category loss against the detection loss."""
+    question: str | None = None
+    """Ask the model this after the conversation, in its chat template (e.g. "Is the last message
+    safe or unsafe?"); the head reads the hidden state where the model would answer. None: the
+    conversation lines alone. Saved with the classifier and applied when it classifies."""
 
     def validate(self) -> None:
         t, d = self.train, self.data
@@ -461,8 +466,11 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         f"{len(val_items)}, test {len(test_items)}; categories: {', '.join(taxonomy.names)}"
     )
 
-    train_ids = encode(tokenizer, [x.text for x in train_items], d.max_length)
-    val_ids = encode(tokenizer, [x.text for x in val_items], d.max_length)
+    def inputs(items: list[LabelledItem]) -> list[str]:
+        return [classifier_input(x.text, tokenizer, cfg.question) for x in items]
+
+    train_ids = encode(tokenizer, inputs(train_items), d.max_length)
+    val_ids = encode(tokenizer, inputs(val_items), d.max_length)
     unsafe, category = targets(train_items, taxonomy)
     head = _find_head(model)
     autocast_on = dtype != weights_dtype
@@ -584,7 +592,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     final_model = _merged(model)
     final_model.to(weights_dtype if cfg.adapter.method != "full" else dtype)
     classifier = TrainedClassifier(final_model, tokenizer, taxonomy, threshold=choice.threshold,
-                                   max_length=d.max_length, batch_size=cfg.train.batch_size)
+                                   max_length=d.max_length, batch_size=cfg.train.batch_size, question=cfg.question)
     report: dict[str, Any] = {"threshold": choice.as_dict(), "categories": taxonomy.names}
     for split, split_items in (("validation", val_items), ("test", test_items)):
         if not split_items:
@@ -612,7 +620,9 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
             "threshold_choice": choice.as_dict(),
             "taxonomy": taxonomy.to_rows(),
             "max_length": d.max_length,
-            "input_format": "conversation_text: 'User: ...' / 'Agent: ...' lines",
+            "input_format": "conversation_text: 'User: ...' / 'Agent: ...' lines"
+                            + (", then the question in the chat template" if cfg.question else ""),
+            "question": cfg.question,
             "base_model": cfg.model.name,
             "num_layers": final_model.config.num_hidden_layers,
         }
