@@ -66,10 +66,12 @@ EFFICIENCY = {
     ("cpu", "bf16", "full"): 0.42, ("cpu", "bf16", "adapter"): 0.28,
     ("cuda", "fp32", "full"): 0.40, ("cuda", "fp32", "adapter"): 0.30,
     ("cuda", "bf16", "full"): 0.40, ("cuda", "bf16", "adapter"): 0.30,
+    ("cpu", "bf16", "prompt_tuning"): 0.34,
 }
 """Share of the measured 2048^3 matmul rate (in the run's compute dtype) a training step achieves: the
 rest goes to elementwise work (norms, softmax, casts), skinny matrices (LoRA) and framework overhead.
-``adapter`` covers LoRA, DoRA, prompt tuning and freeze. The CPU values are calibrated on this
+``adapter`` covers LoRA, DoRA, prompt tuning and freeze; prompt tuning has its own bf16 CPU value
+(no skinny LoRA products: it runs nearer the dense rate). The CPU values are calibrated on this
 project's 2-core AMD EPYC (docs/planning.md); the CUDA values are assumptions (typical model FLOP
 utilisation of single-GPU training), not measurements."""
 DECODE_EFFICIENCY = 0.10
@@ -686,7 +688,8 @@ def _weights_bytes(method: str, compute_dtype: Any) -> tuple[int, int]:
 def efficiency(device: str, compute_dtype: Any, method: str) -> float:
     """The calibrated share of the matmul rate (:data:`EFFICIENCY`) for a device, dtype and method."""
     precision = "fp32" if dtype_bytes(compute_dtype) == 4 else "bf16"
-    return EFFICIENCY[("cuda" if device.startswith("cuda") else "cpu", precision, _method_class(method))]
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return EFFICIENCY.get((kind, precision, method), EFFICIENCY[(kind, precision, _method_class(method))])
 
 
 def _efficiency(ctx: _Context, method: str) -> float:
