@@ -53,9 +53,9 @@ def test_self_reflection_on_a_handful_of_prompts():
 
 
 @pytest.mark.skip(reason=(
-    "issue 6 open: the trained classifier's held-out F1 is below its 0.9 target on the multilingual data "
-    "(examples/safety_classifier.yaml: validation F1 0.927, test F1 0.868, AUPRC 0.948). "
-    "Remove this skip when it reaches 0.9."
+    "issue 6 open: the trained classifier reaches the 0.9 held-out F1 target by a hair only "
+    "(examples/safety_classifier.yaml: test F1 0.902, P 0.925, R 0.881; 21 min on 2 cores), too thin a "
+    "margin and too long for CI. Remove this skip when a config clears 0.9 with room to spare."
 ))
 def test_trained_classifier_reaches_f1_090_on_the_held_out_split(tmp_path):
     from affinage.config import load_config
