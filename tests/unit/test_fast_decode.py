@@ -11,15 +11,9 @@ import torch.nn.functional as F
 
 from affinage.generation import fast_decode
 from affinage.generation.rollout import SamplingParams, _cache_argument, _cache_classes, decode_ids
-from affinage.testing import make_tiny_model, make_tiny_tokenizer
+from affinage.testing import make_tiny_model, make_tiny_tokenizer, sharpen_weights
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +22,7 @@ def tok():
 
 
 def _sharpen(model, scale=0.2, seed=0):
-    """Weights large enough that greedy answers depend on the prompt; biases non-zero too."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 2 or name.endswith("bias"):
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model.eval()
+    return sharpen_weights(model, scale, seed, biases=True)
 
 
 def _tiny(kind: str, tok, seed: int = 0):

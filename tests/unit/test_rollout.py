@@ -14,18 +14,12 @@ from affinage.generation.rollout import (
     fast_decode_supported,
     filter_top_k_top_p,
 )
-from affinage.testing import make_tiny_model, make_tiny_tokenizer
+from affinage.testing import make_tiny_model, make_tiny_tokenizer, sharpen_weights
 
 TEXTS = ["hi", "a much longer prompt, with several words in it", "x" * 30, "medium length", "why?"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; one thread keeps timings steady on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +28,7 @@ def tok():
 
 
 def _sharpen(model, scale=0.2, seed=0):
-    """Weights large enough that greedy answers depend on the prompt (0.02 gives one answer for all)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-    return model.eval()
+    return sharpen_weights(model, scale, seed, biases=False)
 
 
 @pytest.fixture(scope="module")

@@ -74,3 +74,15 @@ def make_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def sharpen_weights(model: torch.nn.Module, scale: float = 0.2, seed: int = 0, *, biases: bool = False) -> torch.nn.Module:
+    """Redraw the matrices (and, with ``biases``, the bias vectors) of ``model`` from N(0, scale^2)
+    with a seeded generator, so that greedy answers depend on the prompt (the usual 0.02 init makes
+    a tiny model give one answer for all); returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 or (biases and name.endswith("bias")):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model.eval()
