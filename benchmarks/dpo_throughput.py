@@ -28,7 +28,7 @@ Targets (issue 3): affinage >= 1.3x TRL's pairs/s and <= 0.8x its peak memory; c
 within 10% of LoRA SFT on the same lengths.
 
 ``--estimate`` adds what ``affinage estimate`` predicts for each affinage DPO run of the table (the
-same config; the machine's matmul rate and bandwidth measured in this process, with the runs'
+same config; the machine's matmul rate and bandwidth measured in this process before the runs, with the runs'
 thread count) beside what was measured: seconds per step and peak memory, and their errors.
 """
 
@@ -320,41 +320,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def compare_estimates(args: argparse.Namespace, summary: dict[str, dict[str, float]], console: Any) -> dict[str, Any]:
-    """``affinage estimate`` of each affinage DPO run beside its measured time per step and peak memory."""
+def estimate_runs(args: argparse.Namespace, data_file: Path) -> dict[str, Any]:
+    """``affinage estimate`` of each affinage DPO variant asked for, on the benchmark's own data file."""
     import torch
 
-    from affinage.data.io import write_jsonl
-    from affinage.models import load_tokenizer
     from affinage.planning.estimate import EstimateOptions, detect_hardware, estimate_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    runs = [v for v in ("affinage", "affinage-cached", "affinage-full") if v in summary]
+    runs = [v for v in ("affinage", "affinage-cached", "affinage-full") if v in args.variants]
     if not runs:
         return {}
     hardware = detect_hardware(torch.float32, EstimateOptions())
-    pairs, _ = make_pairs(load_tokenizer(MODEL), max((args.warmup + args.steps) * args.batch_size, 16),
-                          args.side_tokens, args.seed)
-    rows, out = [], {}
-    with tempfile.TemporaryDirectory(prefix="affinage-bench-") as tmp:
-        data_file = Path(tmp) / "pairs.jsonl"
-        write_jsonl(data_file, pairs)
-        for variant in runs:
-            report = estimate_config(affinage_config(args, str(data_file), Path(tmp), variant), hardware=hardware)
-            est = next(m for m in report.methods if m.configured)
-            step_s, peak = est.time_s["per_step"], est.peak_memory_bytes / GIB
-            measured = summary[variant]
-            out[variant] = {"label": est.label, "reference": est.reference, "step_s": step_s, "peak_gib": peak}
-            rows.append([LABELS[variant], est.label,
-                         f"{step_s:.1f}", f"{measured['step_s']:.1f}", f"{step_s / measured['step_s'] - 1:+.0%}",
-                         f"{peak:.2f}", f"{measured['peak_rss_gib']:.2f}", f"{peak / measured['peak_rss_gib'] - 1:+.0%}"])
+    out: dict[str, Any] = {"hardware": {"matmul_flops": hardware.matmul_flops, "bandwidth": hardware.bandwidth,
+                                        "threads": hardware.threads, "load_average": hardware.load_average}}
+    for variant in runs:
+        cfg = affinage_config(args, str(data_file), data_file.parent / "estimate", variant)
+        est = next(m for m in estimate_config(cfg, hardware=hardware).methods if m.configured)
+        out[variant] = {"label": est.label, "reference": est.reference, "step_s": est.time_s["per_step"],
+                        "peak_gib": est.peak_memory_bytes / GIB}
+    return out
+
+
+def print_estimates(estimates: dict[str, Any], summary: dict[str, dict[str, float]]) -> None:
+    """The estimates beside the measured time per step and peak memory."""
+    rows = []
+    for variant, est in estimates.items():
+        if variant == "hardware":
+            continue
+        measured = summary[variant]
+        rows.append([LABELS[variant], est["label"], f"{est['step_s']:.1f}", f"{measured['step_s']:.1f}",
+                     f"{est['step_s'] / measured['step_s'] - 1:+.0%}", f"{est['peak_gib']:.2f}",
+                     f"{measured['peak_rss_gib']:.2f}", f"{est['peak_gib'] / measured['peak_rss_gib'] - 1:+.0%}"])
+    hw = estimates["hardware"]
     print_table("affinage estimate against these runs", ["run", "estimated as", "s/step est.", "measured", "error",
                                                          "peak GiB est.", "measured", "error"], rows,
-                caption=(f"estimate from a {hardware.matmul_flops / 1e9:.0f} GFLOP/s fp32 matmul rate and "
-                         f"{hardware.bandwidth / 1e9:.1f} GB/s copy bandwidth measured just now "
-                         f"({hardware.threads} threads, load average {hardware.load_average}); target: within 25%."))
-    return out
+                caption=(f"estimate from a {hw['matmul_flops'] / 1e9:.0f} GFLOP/s fp32 matmul rate and "
+                         f"{hw['bandwidth'] / 1e9:.1f} GB/s copy bandwidth measured before the runs "
+                         f"({hw['threads']} threads, load average {hw['load_average']}); target: within 25%."))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -387,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="affinage-bench-") as tmp:
         data_file = Path(tmp) / "pairs.jsonl"
         write_jsonl(data_file, pairs)
+        estimates = estimate_runs(args, data_file) if args.estimate else {}
         for rep in range(args.repeats):
             for variant in args.variants if rep % 2 == 0 else args.variants[::-1]:
                 t = time.perf_counter()
@@ -444,7 +448,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"<= 0.8x its memory; cached within 1.1x of LoRA SFT memory. Load average {load_before} before, "
                  f"{load_after} after (other work on the machine slows every run)."),
     )
-    estimates = compare_estimates(args, summary, console) if args.estimate else {}
+    if estimates:
+        print_estimates(estimates, summary)
     if args.json:
         write_result(args.json, {"model": MODEL, "machine": info, "load_average": [load_before, load_after],
                                  "estimates": estimates,
