@@ -291,6 +291,20 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def build_run_config(config_class: type, raw: dict[str, Any], *, output_key: str, output_dir: str | Path,
+                     resume_key: str | None = None, resume: bool = False) -> Any:
+    """A stage config from its raw mapping, writing into ``output_dir`` (and resuming if asked):
+    what the pipeline and the sweep do for each stage or trial. Validated; ``raw`` is changed."""
+    set_dotted(raw, output_key, str(output_dir))
+    if resume_key:
+        set_dotted(raw, resume_key, resume)
+    config = from_dict(config_class, raw)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node = raw
     parts = key.split(".")

@@ -58,7 +58,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from affinage.config import from_dict, parse_override, read_yaml, set_dotted, stage_config_class, to_dict
+from affinage.config import (
+    build_run_config,
+    from_dict,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    stage_config_class,
+    to_dict,
+)
 from affinage.errors import AffinageError, ConfigError
 from affinage.utils.fs import atomic_write_text
 
@@ -585,13 +593,8 @@ def load_stage_config(item: PlannedStage, lookup: Callable[[str, str], str], *, 
         set_dotted(raw, key, value)
     try:
         raw = substitute(raw, lookup)
-        set_dotted(raw, spec.output_key, str(item.dir))
-        if spec.resume_key:
-            set_dotted(raw, spec.resume_key, resume)
-        config = from_dict(item.config_class, raw)
-        validate = getattr(config, "validate", None)
-        if validate is not None:
-            validate()
+        config = build_run_config(item.config_class, raw, output_key=spec.output_key, output_dir=item.dir,
+                                  resume_key=spec.resume_key, resume=resume)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return config

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 import yaml
 
-from affinage.config import _check, from_dict, read_yaml, set_dotted, to_dict
+from affinage.config import _check, build_run_config, read_yaml, set_dotted, to_dict
 from affinage.errors import ConfigError
 from affinage.utils.fs import atomic_write_text
 
@@ -382,14 +382,8 @@ def build_config(setup: _Setup, overrides: dict[str, Any], params: dict[str, Any
     raw = copy.deepcopy(setup.base_raw)
     for key, value in [*overrides.items(), *params.items()]:
         set_dotted(raw, key, copy.deepcopy(value))
-    set_dotted(raw, setup.output_key, str(out))
-    if setup.resume_key:
-        set_dotted(raw, setup.resume_key, resume)
-    config = from_dict(setup.config_class, raw)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+    return build_run_config(setup.config_class, raw, output_key=setup.output_key, output_dir=out,
+                            resume_key=setup.resume_key, resume=resume)
 
 
 def read_metric(run_dir: Path, metric: str, stage_metrics: dict[str, float]) -> tuple[float | None, str | None]:
