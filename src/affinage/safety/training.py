@@ -34,6 +34,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -359,11 +360,11 @@ def pool_index(row: list[int], pad_id: int) -> int:
 
 @torch.no_grad()
 def prefix_states(backbone: Any, rows: list[list[int]], pad_id: int, k: int, batch_size: int,
-                  device: torch.device) -> list[torch.Tensor]:
+                  device: torch.device, autocast: Any = contextlib.nullcontext) -> list[torch.Tensor]:
     """Hidden states after the first ``k`` layers, one ``[T_i, H]`` tensor per row (no padding)."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     out: list[torch.Tensor | None] = [None] * len(rows)
-    with layer_slice(backbone, 0, k, final_norm=False):
+    with layer_slice(backbone, 0, k, final_norm=False), autocast():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             input_ids, attention_mask = right_pad([rows[i] for i in idx], pad_id)
@@ -441,7 +442,9 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     tokenizer.truncation_side = "left"
     pad_id = tokenizer.pad_token_id
     dtype = resolve_dtype(cfg.model.dtype, device)
-    weights_dtype = torch.float32 if cfg.adapter.method == "full" else dtype
+    # As in SFT: fp32 master weights under autocast for full/freeze (bf16 weights would round away
+    # most small AdamW updates), frozen weights in the compute dtype under adapters.
+    weights_dtype = torch.float32 if cfg.adapter.method in ("full", "freeze") else dtype
     model = load_sequence_classifier(
         cfg.model.name, 1 + len(taxonomy), dtype=weights_dtype, pad_token_id=pad_id,
         num_layers=cfg.num_layers, trust_remote_code=cfg.model.trust_remote_code,
@@ -474,6 +477,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     unsafe, category = targets(train_items, taxonomy)
     head = _find_head(model)
     autocast_on = dtype != weights_dtype
+    autocast = partial(torch.autocast, device.type, dtype=dtype, enabled=autocast_on)
     backbone = _backbone(model)
     n_layers = len(backbone.layers) if hasattr(backbone, "layers") else 0
     k = frozen_prefix(model, n_layers) if n_layers else 0
@@ -485,8 +489,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         features = pooled_features(backbone, train_ids, pad_id, cfg.train.batch_size, device)  # [N, H]
         val_features = pooled_features(backbone, val_ids, pad_id, cfg.train.batch_size, device)
     elif mode == "sequence":
-        states = prefix_states(backbone, train_ids, pad_id, k, cfg.train.batch_size, device)
-        val_states = prefix_states(backbone, val_ids, pad_id, k, cfg.train.batch_size, device)
+        states = prefix_states(backbone, train_ids, pad_id, k, cfg.train.batch_size, device, autocast)
+        val_states = prefix_states(backbone, val_ids, pad_id, k, cfg.train.batch_size, device, autocast)
         pools = [pool_index(r, pad_id) for r in train_ids]
         val_pools = [pool_index(r, pad_id) for r in val_ids]
         if not _sequence_mode_matches(model, backbone, head, train_ids[:2], states[:2], pools[:2], pad_id, k, device):
@@ -504,10 +508,10 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         if mode == "pooled":
             return head(features[indices].to(device).float())  # [B, 1 + K]
         if mode == "sequence":
-            with torch.autocast(device.type, dtype=dtype, enabled=autocast_on):
+            with autocast():
                 return top_logits(backbone, head, [states[i] for i in indices], [pools[i] for i in indices], k, device)
         input_ids, attention_mask = right_pad([train_ids[i] for i in indices], pad_id)
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast_on):
+        with autocast():
             return model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
 
     @torch.no_grad()
@@ -518,9 +522,10 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         if mode == "sequence":
             was_training = model.training
             model.eval()
-            chunks = [top_logits(backbone, head, val_states[i : i + cfg.train.batch_size],
-                                 val_pools[i : i + cfg.train.batch_size], k, device).float().cpu()
-                      for i in range(0, len(val_states), cfg.train.batch_size)]
+            with autocast():
+                chunks = [top_logits(backbone, head, val_states[i : i + cfg.train.batch_size],
+                                     val_pools[i : i + cfg.train.batch_size], k, device).float().cpu()
+                          for i in range(0, len(val_states), cfg.train.batch_size)]
             model.train(was_training)
             return torch.cat(chunks)
         return _model_logits(model, val_ids, pad_id, cfg.train.batch_size, device, dtype, autocast_on)
@@ -576,23 +581,25 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     model.eval()
 
     # ---------------------------------------------------------------- threshold and reports
-    val_logits = validation_logits()
+    # The threshold is chosen on the logits of the classifier as it is saved (merged, in the
+    # compute dtype), so that the saved threshold fits the numbers the saved model gives.
+    final_model = _merged(model)
+    final_model.to(dtype)
+    classifier = TrainedClassifier(final_model, tokenizer, taxonomy, threshold=0.5,
+                                   max_length=d.max_length, batch_size=cfg.train.batch_size, question=cfg.question)
+    val_logits = classifier.logits_for_texts([x.text for x in val_items])
     val_scores = torch.sigmoid(val_logits[:, 0]).tolist()
     choice = choose_threshold(
         [x.unsafe for x in val_items], val_scores,
         target_precision=cfg.target_precision, target_recall=cfg.target_recall,
     )
+    classifier.threshold = choice.threshold
     if not choice.target_met:
         console.print(f"[yellow]warning: no threshold reaches {choice.target} on validation; using the most precise one[/]")
     console.print(
         f"threshold {choice.threshold:.4f} ({choice.target}): validation precision {choice.precision:.3f} "
         f"recall {choice.recall:.3f} F1 {choice.f1:.3f}"
     )
-
-    final_model = _merged(model)
-    final_model.to(weights_dtype if cfg.adapter.method != "full" else dtype)
-    classifier = TrainedClassifier(final_model, tokenizer, taxonomy, threshold=choice.threshold,
-                                   max_length=d.max_length, batch_size=cfg.train.batch_size, question=cfg.question)
     report: dict[str, Any] = {"threshold": choice.as_dict(), "categories": taxonomy.names}
     for split, split_items in (("validation", val_items), ("test", test_items)):
         if not split_items:
