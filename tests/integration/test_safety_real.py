@@ -2,6 +2,8 @@
 
 The trained classifier must reach F1 >= 0.9 on the held-out split of the project's labelled data
 (examples/data/safety/labelled/test.jsonl: requests and answer wordings never seen in training).
+It trains the example config as a user would (about 9.5 min on 2 cores with bf16; measured test
+F1 0.913, P 0.922, R 0.905, AUPRC 0.962).
 """
 
 from __future__ import annotations
@@ -52,11 +54,6 @@ def test_self_reflection_on_a_handful_of_prompts():
     print("self-reflection scores:", [round(j.score, 3) for j in judgements], [j.label for j in judgements])
 
 
-@pytest.mark.skip(reason=(
-    "issue 6 open: the trained classifier reaches the 0.9 held-out F1 target by a hair only "
-    "(examples/safety_classifier.yaml: test F1 0.902, P 0.925, R 0.881; 21 min on 2 cores), too thin a "
-    "margin and too long for CI. Remove this skip when a config clears 0.9 with room to spare."
-))
 def test_trained_classifier_reaches_f1_090_on_the_held_out_split(tmp_path):
     from affinage.config import load_config
     from affinage.safety.training import ClassifierTrainConfig, train_classifier
