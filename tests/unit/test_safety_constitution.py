@@ -65,7 +65,8 @@ def test_loop_structure_and_rows():
                                   {"role": "assistant", "content": "revised(answer to bomb?)"}]
     assert pairs == [{"prompt": "bomb?", "chosen": "revised(answer to bomb?)", "rejected": "answer to bomb?",
                       "principles": [t.steps[0]["principle"]], "source": "constitutional"}]
-    assert dropped == {"empty revision": 0, "revision identical to the original": 1}  # the "keep" prompt
+    assert dropped == {"empty revision": 0, "repetitive revision": 0,
+                       "revision identical to the original": 1}  # the "keep" prompt
 
 
 def test_unchanged_and_empty_revisions_are_dropped_and_counted():
@@ -73,9 +74,16 @@ def test_unchanged_and_empty_revisions_are_dropped_and_counted():
 
     same = Revision([{"role": "user", "content": "q"}], "x", [{"principle": "a", "critique": "c", "revision": "x"}])
     empty = Revision([{"role": "user", "content": "q"}], "x", [{"principle": "a", "critique": "c", "revision": ""}])
-    sft, pairs, dropped = training_rows([same, empty])
-    assert len(sft) == 1 and pairs == []
-    assert dropped == {"empty revision": 1, "revision identical to the original": 1}
+    # What the 135M model wrote in a real run: a revision that loops on one line. Neither an SFT
+    # target nor a "chosen" answer; a revision that merely says the same thing twice is kept.
+    looping = Revision([{"role": "user", "content": "q"}], "x",
+                       [{"principle": "a", "critique": "c", "revision": "The answer is:\n\n" * 12}])
+    twice = Revision([{"role": "user", "content": "q"}], "x",
+                     [{"principle": "a", "critique": "c", "revision": "I can't help with that. I can't help with that."}])
+    sft, pairs, dropped = training_rows([same, empty, looping, twice])
+    assert [row["messages"][-1]["content"] for row in sft] == ["x", twice.final]
+    assert [pair["chosen"] for pair in pairs] == [twice.final]
+    assert dropped == {"empty revision": 1, "repetitive revision": 1, "revision identical to the original": 1}
 
 
 def test_principles_are_drawn_reproducibly_and_rounds_chain():

@@ -48,18 +48,9 @@ class QualityStep(Step):
             words = answer.split()
             if len(words) < o.min_answer_words:
                 return "empty answer" if not words else f"answer shorter than {o.min_answer_words} words"
-            if o.max_duplicate_line_share is not None:
-                share = duplicate_line_share(prose(answer))
-                if share > o.max_duplicate_line_share:
-                    return "repeated lines"
-            if len(words) >= o.min_words_for_repetition:
-                if o.max_top_ngram_share is not None and top_ngram_share(words, 2) > o.max_top_ngram_share:
-                    return "repeated 2-gram"
-                if (
-                    o.max_duplicate_ngram_share is not None
-                    and duplicate_ngram_share(words, 5) > o.max_duplicate_ngram_share
-                ):
-                    return "repeated 5-grams"
+            reason = repetition(answer, o)
+            if reason:
+                return reason
             if o.max_prompt_overlap is not None and record.messages is not None:
                 prompt = record.prompt_before(i)
                 if prompt and restates(answer, prompt, o.max_prompt_overlap):
@@ -69,6 +60,20 @@ class QualityStep(Step):
                 if symbol_share(prose(content)) > o.max_symbol_share:
                     return "too many symbols"
         return None
+
+
+def repetition(answer: str, o: QualityOptions | None = None) -> str | None:
+    """Why ``answer`` is degenerate by the Gopher repetition measures of ``o``, or ``None``."""
+    o = o or QualityOptions()
+    words = answer.split()
+    if o.max_duplicate_line_share is not None and duplicate_line_share(prose(answer)) > o.max_duplicate_line_share:
+        return "repeated lines"
+    if len(words) >= o.min_words_for_repetition:
+        if o.max_top_ngram_share is not None and top_ngram_share(words, 2) > o.max_top_ngram_share:
+            return "repeated 2-gram"
+        if o.max_duplicate_ngram_share is not None and duplicate_ngram_share(words, 5) > o.max_duplicate_ngram_share:
+            return "repeated 5-grams"
+    return None
 
 
 def duplicate_line_share(text: str) -> float:

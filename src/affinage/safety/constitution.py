@@ -12,7 +12,8 @@ Outputs (``output_dir``):
 * ``preferences.jsonl``: ``{"prompt", "chosen": final revision, "rejected": first answer}`` for
   ``affinage dpo`` / ``affinage rm`` (revised preferred to original);
 * ``transcripts.jsonl``: every answer, critique and revision with the principles drawn;
-* ``report.json``: counts, and pairs dropped because the revision was empty or unchanged.
+* ``report.json``: counts, and pairs dropped because the revision was empty, repetitive (the
+  Gopher repetition measures of the curation step) or unchanged.
 
 A principles file::
 
@@ -144,11 +145,16 @@ def critique_revise(
 def training_rows(trajectories: list[Revision]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """SFT rows (final revisions) and preference pairs (revision > original), and the drop counts."""
     sft, pairs = [], []
-    dropped = {"empty revision": 0, "revision identical to the original": 0}
+    from affinage.curation.quality import repetition
+
+    dropped = {"empty revision": 0, "repetitive revision": 0, "revision identical to the original": 0}
     for t in trajectories:
         final = t.final
         if not final:
             dropped["empty revision"] += 1
+            continue
+        if repetition(final):  # a small model looping ("The answer is: The answer is: ..."): no target
+            dropped["repetitive revision"] += 1
             continue
         principles = [s["principle"] for s in t.steps]
         sft.append({"messages": [*t.prompt, {"role": "assistant", "content": final}], "principles": principles})
