@@ -257,6 +257,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
     for item in overrides or []:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
+    return validated(cls, raw)
+
+
+def validated(cls: type[C], raw: dict[str, Any]) -> C:
+    """``cls`` built from ``raw``, then checked by its ``validate()`` where it has one."""
     config = from_dict(cls, raw)
     validate = getattr(config, "validate", None)
     if validate is not None:
@@ -298,11 +303,7 @@ def build_run_config(config_class: type, raw: dict[str, Any], *, output_key: str
     set_dotted(raw, output_key, str(output_dir))
     if resume_key:
         set_dotted(raw, resume_key, resume)
-    config = from_dict(config_class, raw)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+    return validated(config_class, raw)
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from affinage.config import ModelConfig, _check, to_dict
+from affinage.curation.quality import repetition
 from affinage.errors import ConfigError, DataError
 
 
@@ -145,8 +146,6 @@ def critique_revise(
 def training_rows(trajectories: list[Revision]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, int]]:
     """SFT rows (final revisions) and preference pairs (revision > original), and the drop counts."""
     sft, pairs = [], []
-    from affinage.curation.quality import repetition
-
     dropped = {"empty revision": 0, "repetitive revision": 0, "revision identical to the original": 0}
     for t in trajectories:
         final = t.final

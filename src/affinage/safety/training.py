@@ -294,7 +294,8 @@ def _label_names(model: Any, taxonomy: Taxonomy) -> None:
 
 
 @torch.no_grad()  # not inference_mode: the features are inputs of the head's autograd graph later
-def pooled_features(backbone: Any, rows: list[list[int]], pad_id: int, batch_size: int, device: torch.device) -> torch.Tensor:
+def pooled_features(backbone: Any, rows: list[list[int]], pad_id: int, batch_size: int, device: torch.device,
+                    autocast: Any = contextlib.nullcontext) -> torch.Tensor:
     """Final hidden state at the last non-padding token of each row, ``[N, H]`` (the HF pooling rule)."""
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))  # similar lengths share a batch
     out: list[torch.Tensor | None] = [None] * len(rows)
@@ -302,7 +303,8 @@ def pooled_features(backbone: Any, rows: list[list[int]], pad_id: int, batch_siz
         idx = order[start : start + batch_size]
         input_ids, attention_mask = right_pad([rows[i] for i in idx], pad_id)
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+        with autocast():
+            hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
         non_pad = (input_ids != pad_id).int()
         last = (torch.arange(input_ids.shape[1], device=device) * non_pad).argmax(-1)  # [B]
         pooled = hidden[torch.arange(len(idx), device=device), last]  # [B, H]
@@ -453,12 +455,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     # The reward-model recipe's adapter rules fit any sequence classifier: LoRA as SEQ_CLS with the
     # head in modules_to_save, ``freeze`` patterns on top of the always-trained head.
     model = apply_reward_adapter(model, cfg.adapter, gradient_checkpointing=cfg.model.gradient_checkpointing)
-    probe = _head_only(model)
-    if probe:
-        # The head alone trains on cached features: in fp32, whatever the model's dtype.
-        for _name, param in model.named_parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+    probe = _head_only(model)  # the head alone trains, on cached features
     model.to(device)
     trainable, total = count_parameters(model)
     console.print(
@@ -486,8 +483,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     mode = "pooled" if probe else "sequence" if k > 0 else "full"
     t0 = time.perf_counter()
     if mode == "pooled":
-        features = pooled_features(backbone, train_ids, pad_id, cfg.train.batch_size, device)  # [N, H]
-        val_features = pooled_features(backbone, val_ids, pad_id, cfg.train.batch_size, device)
+        features = pooled_features(backbone, train_ids, pad_id, cfg.train.batch_size, device, autocast)  # [N, H]
+        val_features = pooled_features(backbone, val_ids, pad_id, cfg.train.batch_size, device, autocast)
     elif mode == "sequence":
         states = prefix_states(backbone, train_ids, pad_id, k, cfg.train.batch_size, device, autocast)
         val_states = prefix_states(backbone, val_ids, pad_id, k, cfg.train.batch_size, device, autocast)
@@ -517,8 +514,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     @torch.no_grad()
     def validation_logits() -> torch.Tensor:
         if mode == "pooled":
-            # In the model's dtype, as the saved classifier computes them.
-            return torch.nn.functional.linear(val_features.to(device), head.weight.to(val_features.dtype)).float().cpu()
+            return head(val_features.to(device).float()).cpu()
         if mode == "sequence":
             was_training = model.training
             model.eval()
@@ -528,7 +524,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
                           for i in range(0, len(val_states), cfg.train.batch_size)]
             model.train(was_training)
             return torch.cat(chunks)
-        return _model_logits(model, val_ids, pad_id, cfg.train.batch_size, device, dtype, autocast_on)
+        return _model_logits(model, val_ids, pad_id, cfg.train.batch_size, device, autocast)
 
     # ---------------------------------------------------------------- loop
     optimizer = build_optimizer(model, cfg.train)
@@ -661,13 +657,13 @@ def _merged(model: Any) -> Any:
 
 
 @torch.inference_mode()
-def _model_logits(model, rows, pad_id, batch_size, device, dtype, autocast_on) -> torch.Tensor:
+def _model_logits(model, rows, pad_id, batch_size, device, autocast) -> torch.Tensor:
     was_training = model.training
     model.eval()
     chunks = []
     for start in range(0, len(rows), batch_size):
         input_ids, attention_mask = right_pad(rows[start : start + batch_size], pad_id)
-        with torch.autocast(device.type, dtype=dtype, enabled=autocast_on):
+        with autocast():
             chunks.append(model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits.float().cpu())
     model.train(was_training)
     return torch.cat(chunks)
